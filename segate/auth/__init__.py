@@ -1,0 +1,1 @@
+"""Authentication: turn a request's credentials into a Principal (facts only, no judgement)."""

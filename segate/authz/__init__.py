@@ -1,0 +1,1 @@
+"""Authorization: pure decisions over Principals, operations and paths."""

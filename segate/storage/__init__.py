@@ -1,0 +1,1 @@
+"""Storage: the POSIX namespace under one root. Knows nothing of HTTP or principals."""

@@ -1,0 +1,1 @@
+"""The interoperability testbed: PKI, token issuer and peers, shared with the test suite."""
