@@ -461,3 +461,30 @@ def load_settings(path: Path) -> Settings:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
     return settings_from_dict(data, path.resolve().parent, source=path)
+
+
+def file_problems(s: Settings) -> list[str]:
+    """Checks that need the filesystem (run by ``check-config`` and at start-up)."""
+    out: list[str] = []
+
+    def need(key: str, p: Path | None, *, is_dir: bool = False) -> None:
+        if p is None:
+            return
+        ok = p.is_dir() if is_dir else p.is_file()
+        if not ok:
+            out.append(f"{key}: {p} does not exist or is not a {'folder' if is_dir else 'file'}")
+
+    need("server.cert", s.server.cert)
+    need("server.key", s.server.key)
+    need("server.ca_dir", s.server.ca_dir, is_dir=True)
+    for i, iss in enumerate(s.tokens.issuers):
+        need(f"tokens.issuers[{i}].jwks_file", iss.jwks_file)
+    need("x509.vomsdir", s.x509.vomsdir, is_dir=True)
+    need("x509.dn_map", s.x509.dn_map)
+    for i, p in enumerate(s.macaroons.previous_secret_files):
+        need(f"macaroons.previous_secret_files[{i}]", p)
+    if s.server.cert is None:
+        out.append("server.cert: is required (segate serves HTTPS only)")
+    if not s.storage.root.parent.is_dir():
+        out.append(f"storage.root: parent folder of {s.storage.root} does not exist")
+    return out

@@ -192,14 +192,18 @@ def install_ca(ca_dir: Path, ca_pem: Path, crl_pem: Path | None = None) -> None:
     ca_dir.mkdir(parents=True, exist_ok=True)
     h = subject_hash(ca_pem)
     i = 0
-    while (ca_dir / f"{h}.{i}").exists() and (ca_dir / f"{h}.{i}").read_bytes() != ca_pem.read_bytes():
+    while (ca_dir / f"{h}.{i}").exists() and (
+        ca_dir / f"{h}.{i}"
+    ).read_bytes() != ca_pem.read_bytes():
         i += 1
     (ca_dir / f"{h}.{i}").write_bytes(ca_pem.read_bytes())
     if crl_pem is not None:
         (ca_dir / f"{h}.r{i}").write_bytes(crl_pem.read_bytes())
 
 
-def ensure_dev_pki(state_dir: Path, hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")) -> DevPKI:
+def ensure_dev_pki(
+    state_dir: Path, hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+) -> DevPKI:
     """Create (once) and return the dev CA, its hashed directory and a host certificate."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pki = DevPKI(
@@ -219,7 +223,10 @@ def ensure_dev_pki(state_dir: Path, hostnames: tuple[str, ...] = ("localhost", "
     crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     install_ca(pki.ca_dir, pki.ca_cert, crl_path)
     host, hkey = issue_cert(
-        ca_cert, ca_key, (("DC", "test"), ("DC", "segate"), ("CN", hostnames[0])), hostnames=hostnames
+        ca_cert,
+        ca_key,
+        (("DC", "test"), ("DC", "segate"), ("CN", hostnames[0])),
+        hostnames=hostnames,
     )
     write_key(pki.host_key, hkey)
     write_cert(pki.host_cert, host)

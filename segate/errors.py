@@ -16,7 +16,9 @@ credential.
     ├── RangeNotSatisfiable (416)
     ├── Locked (423)
     ├── InsufficientStorage (507)
+    ├── UnsupportedMediaType (415)
     ├── NotImplementedByServer (501)
+    ├── BadGateway (502)
     └── ServiceUnavailable (503)
 """
 
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 class SegateError(Exception):
     status = 500
+    #: close the connection after answering (the request body may still be in flight)
+    close_connection = False
     #: extra response headers (e.g. WWW-Authenticate, Retry-After, Content-Range)
     headers: dict[str, str]
 
@@ -40,10 +44,12 @@ class BadRequest(SegateError):
 
 class LengthRequired(BadRequest):
     status = 411
+    close_connection = True
 
 
 class RequestTooLarge(BadRequest):
     status = 413
+    close_connection = True
 
 
 class UriTooLong(BadRequest):
@@ -105,8 +111,16 @@ class InsufficientStorage(SegateError):
     status = 507
 
 
+class UnsupportedMediaType(SegateError):
+    status = 415
+
+
 class NotImplementedByServer(SegateError):
     status = 501
+
+
+class BadGateway(SegateError):
+    status = 502
 
 
 class ServiceUnavailable(SegateError):

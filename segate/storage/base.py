@@ -12,6 +12,7 @@ them (``web/middleware.py``).
     ├── NotEmptyError        a collection still has members
     ├── NoSpaceError         ENOSPC / EDQUOT
     ├── EscapeError          a symlink would lead outside the root
+    ├── InvalidTargetError   e.g. moving a collection into itself
     └── BackendError         anything else from the OS (EIO, EACCES on the root, ...)
 """
 
@@ -40,11 +41,11 @@ class ParentMissingError(StorageError):
     pass
 
 
-class NotADirectoryError_(StorageError):  # noqa: N801 - builtin name taken
+class NotADirectoryError_(StorageError):
     pass
 
 
-class IsADirectoryError_(StorageError):  # noqa: N801
+class IsADirectoryError_(StorageError):
     pass
 
 
@@ -57,6 +58,10 @@ class NoSpaceError(StorageError):
 
 
 class EscapeError(StorageError):
+    pass
+
+
+class InvalidTargetError(StorageError):
     pass
 
 

@@ -1,0 +1,148 @@
+"""The command line: serve, token, check-config. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+from segate.config import ConfigError, Settings, file_problems, load_settings, settings_from_dict
+from segate.defaults import data_dir, prepare_default, state_dir
+
+log = logging.getLogger("segate")
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _settings_for(args: argparse.Namespace) -> tuple[Settings, bool]:
+    if args.config:
+        return load_settings(Path(args.config)), False
+    state, data = state_dir(), data_dir()
+    text, _pki, _dev = prepare_default(state, data)
+    return settings_from_dict(tomllib.loads(text), state), True
+
+
+def _banner(settings: Settings) -> str:
+    state = state_dir()
+    url = settings.server.base_url
+    return (
+        f"segate serving {settings.storage.root} on {url}/ (embedded default config)\n"
+        f"  dev state (CA, host cert, issuer key): {state}\n"
+        "  try:\n"
+        f"    TOKEN=$(segate token --scope 'storage.read:/ storage.create:/')\n"
+        f'    curl --cacert {state}/ca.pem -H "Authorization: Bearer $TOKEN" '
+        f"-T README.md {url}/README.md\n"
+        f'    curl --cacert {state}/ca.pem -H "Authorization: Bearer $TOKEN" {url}/README.md\n'
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings, is_default = _settings_for(args)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"config error: {p}", file=sys.stderr)
+        return 2
+    fmt = args.log_format or settings.server.log_format
+    _setup_logging(fmt, args.log_level)
+    problems = file_problems(settings)
+    if problems:
+        for p in problems:
+            print(f"config error: {p}", file=sys.stderr)
+        return 2
+    if is_default:
+        print(_banner(settings), flush=True)
+    from segate.web.server import run
+
+    return run(settings)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from segate.defaults import DEV_ISSUER
+    from segate.devissuer import ensure_dev_issuer
+
+    dev = ensure_dev_issuer(state_dir(), DEV_ISSUER)
+    aud: str | list[str] = args.aud or "https://localhost:8443"
+    if isinstance(aud, str) and " " in aud:
+        aud = aud.split()
+    groups = args.groups.replace(",", " ").split() if args.groups else None
+    print(
+        dev.mint(
+            scope=args.scope,
+            audience=aud,
+            lifetime=args.lifetime,
+            subject=args.sub,
+            groups=groups,
+        )
+    )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(Path(args.file))
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p)
+        print(f"{len(exc.problems)} problem(s) in {args.file}")
+        return 1
+    problems = file_problems(settings)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.file}")
+        return 1
+    summary = {
+        "listen": settings.server.listen,
+        "storage_root": str(settings.storage.root),
+        "issuers": [i.issuer for i in settings.tokens.issuers],
+        "rules": len(settings.rules),
+        "workers": settings.server.workers,
+    }
+    print(f"{args.file}: OK {json.dumps(summary)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", "-c", help="TOML config; without it, the embedded default")
+    s.add_argument("--log-format", choices=("text", "json"))
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("token", help="mint a token from the dev issuer of the embedded default")
+    t.add_argument("--scope", default="storage.read:/")
+    t.add_argument("--aud", help="audience (space-separated for several)")
+    t.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    t.add_argument("--groups", help="wlcg.groups, comma or space separated")
+    t.add_argument("--sub", default="dev-user")
+    t.set_defaults(func=cmd_token)
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""PROPFIND (RFC 4918 §9.1) the way davix and gfal2 read it (PROPTOCOLS.md §6.1).
+
+Depth 0 and 1; a missing Depth is taken as 1 (bounded) and ``infinity`` is refused with 403 and
+``propfind-finite-depth``. The requested resource comes first; all found properties share one
+200 propstat. Stat needs only the stat right; listing a collection needs list (read).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from segate.auth.principal import Op
+from segate.dav.headers import parse_depth
+from segate.dav.xml import error_body, parse_propfind, render_multistatus
+from segate.errors import NotFound
+from segate.storage.base import FileInfo
+from segate.web.body import read_limited
+from segate.web.context import RequestContext
+
+
+def href_of(info: FileInfo) -> str:
+    return info.path.url_path(collection=info.is_dir)
+
+
+async def handle_propfind(ctx: RequestContext) -> web.StreamResponse:
+    depth = parse_depth(ctx.request.headers.get("Depth"), default="1")
+    if depth == "infinity":
+        return web.Response(
+            status=403,
+            body=error_body("propfind-finite-depth"),
+            content_type="application/xml",
+            charset="utf-8",
+        )
+    body = await read_limited(ctx.request, ctx.services.settings.server.max_body_xml)
+    preq = parse_propfind(body, max_size=ctx.services.settings.server.max_body_xml)
+    ctx.authorize(Op.STAT)
+    info = await ctx.storage.stat(ctx.path)
+    if info is None:
+        raise NotFound("no such file or collection")
+    entries = [info]
+    if info.is_dir and depth == "1":
+        ctx.authorize(Op.LIST)
+        entries.extend(await ctx.storage.listdir(ctx.path))
+    xml = render_multistatus(entries, preq, href_of=href_of)
+    return web.Response(status=207, body=xml, content_type="application/xml", charset="utf-8")

@@ -1,0 +1,125 @@
+"""PUT, MKCOL and DELETE.
+
+PUT (RFC 9110 §9.3.4, RFC 4918 §9.7): streamed into a staging file and renamed into place, so
+a reader never sees a partial file and a failed or aborted upload leaves nothing (B14, B15).
+201 for a new file, 204 for a replaced one, 405 onto a collection, 411 without any body framing
+(B14: never report a framing-less PUT as a 0-byte success). Missing parents are created when
+``[storage] create_parents`` (as grid clients expect) and each one is authorised as a mkdir;
+otherwise 409 as RFC 4918 says. A credential that may create but not modify (WLCG
+``storage.create``) gets 403 on an existing file, enforced atomically at commit.
+``Expect: 100-continue`` is answered only after authorisation, so a refused client never sends
+its body.
+
+MKCOL: 201; 405 if anything exists there (davix maps it to EEXIST, B16); 409 without parent;
+415 with a body (RFC 4918 §9.3). DELETE: 204; a non-empty collection only with ``Depth:
+infinity`` (else 409), as neon/litmus send and PROTOCOLS.md §6.3 recommends.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from segate.auth.principal import Op
+from segate.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    LengthRequired,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+)
+from segate.storage.base import ExistsError, NotEmptyError
+from segate.web.context import RequestContext
+
+
+def _has_body(request: web.Request) -> bool:
+    te = request.headers.get("Transfer-Encoding", "").lower()
+    cl = request.headers.get("Content-Length")
+    return "chunked" in te or (cl is not None and cl.strip() not in ("", "0"))
+
+
+async def handle_put(ctx: RequestContext) -> web.StreamResponse:
+    request = ctx.request
+    path = ctx.path
+    if path.is_root or ctx.target.trailing_slash:
+        raise MethodNotAllowed("cannot PUT onto a collection")
+    te = request.headers.get("Transfer-Encoding", "").lower()
+    length_hdr = request.headers.get("Content-Length")
+    if length_hdr is None and "chunked" not in te:
+        raise LengthRequired("PUT needs Content-Length or chunked transfer encoding")
+    expected = request.content_length if length_hdr is not None else None
+
+    may_create = ctx.check(Op.CREATE, path).allowed
+    may_overwrite = ctx.check(Op.OVERWRITE, path).allowed
+    if not (may_create or may_overwrite):
+        ctx.authorize(Op.CREATE)  # raises with the reason
+    info = await ctx.storage.stat(path)
+    if info is not None and info.is_dir:
+        raise MethodNotAllowed("target is a collection")
+    ctx.authorize(Op.OVERWRITE if info is not None else Op.CREATE)
+
+    missing = await ctx.storage.missing_ancestors(path)
+    if missing:
+        if not ctx.services.settings.storage.create_parents:
+            raise Conflict("parent collection does not exist")
+        for p in missing:
+            ctx.authorize(Op.MKDIR, p)
+
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    chunk_size = ctx.services.settings.storage.io_chunk
+    upload = await ctx.storage.new_upload(path)
+    try:
+        buf = bytearray()
+        while True:
+            data = await request.content.readany()
+            if not data:
+                break
+            buf += data
+            if len(buf) >= chunk_size:
+                await upload.write(bytes(buf))
+                buf.clear()
+        if buf:
+            await upload.write(bytes(buf))
+        if expected is not None and upload.bytes_written != expected:
+            raise BadRequest(
+                f"body ended after {upload.bytes_written} of {expected} bytes; nothing stored"
+            )
+        try:
+            created = await upload.commit(overwrite=may_overwrite, make_parents=bool(missing))
+        except ExistsError as exc:
+            raise Forbidden("file exists and the credential may not overwrite it") from exc
+    except BaseException:
+        await upload.abort()
+        raise
+    return web.Response(status=201 if created else 204)
+
+
+async def handle_mkcol(ctx: RequestContext) -> web.StreamResponse:
+    if _has_body(ctx.request):
+        raise UnsupportedMediaType("MKCOL with a request body is not supported")
+    ctx.authorize(Op.MKDIR)
+    if ctx.path.is_root or await ctx.storage.stat(ctx.path) is not None:
+        raise MethodNotAllowed("already exists")
+    try:
+        await ctx.storage.mkdir(ctx.path)
+    except ExistsError as exc:
+        raise MethodNotAllowed("already exists") from exc
+    return web.Response(status=201)
+
+
+async def handle_delete(ctx: RequestContext) -> web.StreamResponse:
+    ctx.authorize(Op.DELETE)
+    if ctx.path.is_root:
+        raise Forbidden("cannot delete the storage root")
+    info = await ctx.storage.stat(ctx.path)
+    if info is None:
+        raise NotFound("no such file or collection")
+    recursive = info.is_dir and ctx.request.headers.get("Depth", "").lower() == "infinity"
+    try:
+        await ctx.storage.delete(ctx.path, recursive=recursive)
+    except NotEmptyError as exc:
+        raise Conflict("collection is not empty (send Depth: infinity to delete it)") from exc
+    return web.Response(status=204)

@@ -1,0 +1,502 @@
+"""POSIX storage under one root directory.
+
+* Confinement: a LogicalPath has no ``..`` and no separators inside segments (paths.py), so the
+  only way out of the root is a symlink. Every access resolves the deepest existing ancestor with
+  ``realpath`` and refuses anything whose real path leaves the real root (EscapeError).
+* Atomic uploads: data goes to ``<root>/.segate/tmp/<random>`` (same filesystem), then is
+  renamed into place; without overwrite it is hard-linked (``link`` fails with EEXIST
+  atomically) so a create-only writer can never replace a file (WLCG ``storage.create``).
+  Readers never see a partial file; a failure leaves nothing behind. The staging folder is
+  reserved (never served) and emptied at start-up.
+* Checksums: adler32 is computed while an upload streams and stored with the file in an
+  extended attribute (``user.segate.<algo>`` = ``<mtime_ns>:<size>:<value>``), so a later
+  ``Want-Digest`` costs no re-read. Other algorithms are computed on demand and cached the same
+  way. Filesystems without user xattrs simply recompute.
+* Blocking calls run in the default executor, one hop per large chunk (``io_chunk``, 4 MiB by
+  default) so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import stat as stat_mod
+import zlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import google_crc32c
+
+from segate.paths import RESERVED_SEGMENT, LogicalPath
+from segate.storage.base import (
+    ALGORITHMS,
+    BackendError,
+    EscapeError,
+    ExistsError,
+    FileInfo,
+    InvalidTargetError,
+    IsADirectoryError_,
+    NoSpaceError,
+    NotADirectoryError_,
+    NotEmptyError,
+    NotFoundError,
+    ParentMissingError,
+    StorageError,
+)
+
+T = TypeVar("T")
+XATTR_PREFIX = "user.segate."
+
+
+def _map_oserror(exc: OSError) -> StorageError:
+    e = exc.errno
+    if e == errno.ENOENT:
+        return NotFoundError("no such file or collection")
+    if e == errno.EEXIST:
+        return ExistsError("already exists")
+    if e == errno.ENOTDIR:
+        return NotADirectoryError_("a path component is not a collection")
+    if e == errno.EISDIR:
+        return IsADirectoryError_("is a collection")
+    if e == errno.ENOTEMPTY:
+        return NotEmptyError("collection is not empty")
+    if e in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError("no space left on storage")
+    return BackendError(f"storage error: {os.strerror(e) if e else exc}")
+
+
+def _info(path: LogicalPath, st: os.stat_result) -> FileInfo:
+    is_dir = stat_mod.S_ISDIR(st.st_mode)
+    return FileInfo(
+        path=path,
+        is_dir=is_dir,
+        size=0 if is_dir else st.st_size,
+        mtime=st.st_mtime,
+        ctime=st.st_ctime,
+        etag=f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"',
+    )
+
+
+def format_checksum(algorithm: str, value: Any) -> str:
+    if algorithm in ("adler32", "crc32c"):
+        return f"{int(value) & 0xFFFFFFFF:08x}"
+    if algorithm == "md5":
+        return base64.b64encode(value).decode("ascii")
+    raise ValueError(algorithm)
+
+
+class _Hasher:
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        self.adler = 1
+        self.crc = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self.algorithm == "adler32":
+            self.adler = zlib.adler32(data, self.adler)
+        elif self.algorithm == "crc32c":
+            self.crc = google_crc32c.extend(self.crc, bytes(data))
+        else:
+            self.md5.update(data)
+
+    def value(self) -> str:
+        if self.algorithm == "adler32":
+            return format_checksum("adler32", self.adler)
+        if self.algorithm == "crc32c":
+            return format_checksum("crc32c", self.crc)
+        return format_checksum("md5", self.md5.digest())
+
+
+def _get_cached(fd: int, algorithm: str, st: os.stat_result) -> str | None:
+    try:
+        raw = os.getxattr(fd, XATTR_PREFIX + algorithm).decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    mtime_ns, _, rest = raw.partition(":")
+    size, _, value = rest.partition(":")
+    if mtime_ns == str(st.st_mtime_ns) and size == str(st.st_size) and value:
+        return value
+    return None
+
+
+def _set_cached(fd: int, algorithm: str, st: os.stat_result, value: str) -> None:
+    with contextlib.suppress(OSError):
+        os.setxattr(fd, XATTR_PREFIX + algorithm, f"{st.st_mtime_ns}:{st.st_size}:{value}".encode())
+
+
+class PosixReadHandle:
+    def __init__(self, storage: PosixStorage, fd: int, info: FileInfo) -> None:
+        self._storage = storage
+        self._fd = fd
+        self.info = info
+
+    async def read_range(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        chunk = self._storage.chunk
+        end = offset + length
+        pos = offset
+        while pos < end:
+            n = min(chunk, end - pos)
+            data = await self._storage._run(os.pread, self._fd, n, pos)
+            if not data:
+                raise BackendError("file shrank while being read")
+            pos += len(data)
+            yield data
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+class PosixUpload:
+    def __init__(self, storage: PosixStorage, target: LogicalPath, tmp: str, fd: int) -> None:
+        self._storage = storage
+        self.target = target
+        self._tmp = tmp
+        self._fd = fd
+        self._hasher: _Hasher | None = _Hasher("adler32")
+        self.bytes_written = 0
+        self._done = False
+
+    def _write_sync(self, data: bytes) -> None:
+        view = memoryview(data)
+        if self._hasher is not None:
+            self._hasher.update(view)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            await self._storage._run(self._write_sync, data)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+        self.bytes_written += len(data)
+
+    async def write_at(self, offset: int, data: bytes) -> None:
+        self._hasher = None
+        try:
+            await self._storage._run(os.pwrite, self._fd, data, offset)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+        self.bytes_written += len(data)
+
+    def _commit_sync(self, overwrite: bool, make_parents: bool) -> bool:
+        real = self._storage._real(self.target)
+        parent = os.path.dirname(real)
+        st = os.fstat(self._fd)
+        if self._hasher is not None:
+            _set_cached(self._fd, "adler32", st, self._hasher.value())
+        os.close(self._fd)
+        self._fd = -1
+        if not os.path.isdir(parent):
+            if os.path.lexists(parent):
+                raise NotADirectoryError_("parent is not a collection")
+            if not make_parents:
+                raise ParentMissingError("parent collection does not exist")
+            os.makedirs(parent, exist_ok=True)
+            self._storage._check_confined(parent)
+        if os.path.isdir(real):
+            raise IsADirectoryError_("target is a collection")
+        if not overwrite:
+            os.link(self._tmp, real)  # EEXIST if anything is there: atomic create-only
+            os.unlink(self._tmp)
+            return True
+        existed = os.path.lexists(real)
+        os.rename(self._tmp, real)
+        return not existed
+
+    async def commit(self, *, overwrite: bool, make_parents: bool) -> bool:
+        try:
+            created = await self._storage._run(self._commit_sync, overwrite, make_parents)
+        except OSError as exc:
+            await self.abort()
+            raise _map_oserror(exc) from exc
+        except StorageError:
+            await self.abort()
+            raise
+        self._done = True
+        return created
+
+    async def abort(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+
+
+class PosixStorage:
+    def __init__(self, root: Path, *, chunk: int = 4 << 20) -> None:
+        self.root = os.path.realpath(root)
+        self.chunk = chunk
+        self.staging = os.path.join(self.root, RESERVED_SEGMENT, "tmp")
+
+    # -- set-up -------------------------------------------------------------------------------
+    def prepare(self) -> int:
+        """Create root and staging area; remove stale staging files. Returns how many."""
+        os.makedirs(self.staging, exist_ok=True)
+        removed = 0
+        for entry in os.scandir(self.staging):
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+        return removed
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # -- path mapping -------------------------------------------------------------------------
+    def _real(self, path: LogicalPath) -> str:
+        return os.path.join(self.root, *path.segments) if path.segments else self.root
+
+    def _check_confined(self, real: str) -> None:
+        probe = real
+        while not os.path.lexists(probe):
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+        resolved = os.path.realpath(probe)
+        if resolved != self.root and not resolved.startswith(self.root + os.sep):
+            raise EscapeError("path leaves the storage root")
+
+    def _confined(self, path: LogicalPath) -> str:
+        real = self._real(path)
+        self._check_confined(real)
+        return real
+
+    # -- namespace ----------------------------------------------------------------------------
+    def _stat_sync(self, path: LogicalPath) -> FileInfo | None:
+        real = self._confined(path)
+        try:
+            return _info(path, os.stat(real))
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    async def stat(self, path: LogicalPath) -> FileInfo | None:
+        try:
+            return await self._run(self._stat_sync, path)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    def _listdir_sync(self, path: LogicalPath) -> list[FileInfo]:
+        real = self._confined(path)
+        out: list[FileInfo] = []
+        with os.scandir(real) as it:
+            for entry in it:
+                if path.is_root and entry.name == RESERVED_SEGMENT:
+                    continue
+                child = path.child(entry.name)
+                try:
+                    if entry.is_symlink():
+                        self._check_confined(entry.path)
+                    out.append(_info(child, entry.stat()))
+                except (OSError, EscapeError):
+                    continue  # dangling or escaping links are not shown
+        out.sort(key=lambda i: i.path.name)
+        return out
+
+    async def listdir(self, path: LogicalPath) -> list[FileInfo]:
+        try:
+            return await self._run(self._listdir_sync, path)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    def _mkdir_sync(self, path: LogicalPath) -> None:
+        real = self._confined(path)
+        parent = os.path.dirname(real)
+        if not os.path.isdir(parent):
+            if os.path.lexists(parent):
+                raise NotADirectoryError_("parent is not a collection")
+            raise ParentMissingError("parent collection does not exist")
+        os.mkdir(real, 0o755)
+
+    async def mkdir(self, path: LogicalPath) -> None:
+        try:
+            await self._run(self._mkdir_sync, path)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    def _missing_sync(self, path: LogicalPath) -> list[LogicalPath]:
+        missing: list[LogicalPath] = []
+        p = path.parent
+        while not p.is_root:
+            real = self._confined(p)
+            if os.path.isdir(real):
+                break
+            if os.path.lexists(real):
+                raise NotADirectoryError_("a path component is not a collection")
+            missing.append(p)
+            p = p.parent
+        missing.reverse()
+        return missing
+
+    async def missing_ancestors(self, path: LogicalPath) -> list[LogicalPath]:
+        try:
+            return await self._run(self._missing_sync, path)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    async def makedirs(self, path: LogicalPath) -> None:
+        def run() -> None:
+            real = self._confined(path)
+            os.makedirs(real, exist_ok=True)
+            self._check_confined(real)
+
+        try:
+            await self._run(run)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    def _delete_sync(self, path: LogicalPath, recursive: bool) -> None:
+        if path.is_root:
+            raise InvalidTargetError("cannot delete the storage root")
+        real = self._confined(path)
+        st = os.lstat(real)
+        if stat_mod.S_ISDIR(st.st_mode):
+            if recursive:
+                shutil.rmtree(real)
+            else:
+                os.rmdir(real)
+        else:
+            os.unlink(real)
+
+    async def delete(self, path: LogicalPath, *, recursive: bool = False) -> None:
+        try:
+            await self._run(self._delete_sync, path, recursive)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    def _move_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
+        if dst.is_within(src):
+            raise InvalidTargetError("cannot move a resource into itself")
+        rsrc, rdst = self._confined(src), self._confined(dst)
+        if not os.path.lexists(rsrc):
+            raise NotFoundError("source does not exist")
+        if not os.path.isdir(os.path.dirname(rdst)):
+            raise ParentMissingError("destination parent collection does not exist")
+        existed = os.path.lexists(rdst)
+        if existed:
+            if not overwrite:
+                raise ExistsError("destination exists")
+            if os.path.isdir(rdst) and not os.path.islink(rdst):
+                shutil.rmtree(rdst)
+        os.rename(rsrc, rdst)
+        return not existed
+
+    async def move(self, src: LogicalPath, dst: LogicalPath, *, overwrite: bool) -> bool:
+        try:
+            return await self._run(self._move_sync, src, dst, overwrite)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    def _copy_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
+        if dst.is_within(src):
+            raise InvalidTargetError("cannot copy a resource into itself")
+        rsrc, rdst = self._confined(src), self._confined(dst)
+        if not os.path.lexists(rsrc):
+            raise NotFoundError("source does not exist")
+        if not os.path.isdir(os.path.dirname(rdst)):
+            raise ParentMissingError("destination parent collection does not exist")
+        existed = os.path.lexists(rdst)
+        if existed and not overwrite:
+            raise ExistsError("destination exists")
+        tmp = os.path.join(self.staging, secrets.token_hex(12))
+        try:
+            if os.path.isdir(rsrc):
+                shutil.copytree(rsrc, tmp, symlinks=True)
+            else:
+                shutil.copy2(rsrc, tmp)
+            if existed:
+                if os.path.isdir(rdst) and not os.path.islink(rdst):
+                    shutil.rmtree(rdst)
+                else:
+                    os.unlink(rdst)
+            os.rename(tmp, rdst)
+        finally:
+            if os.path.lexists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.unlink(tmp)
+        return not existed
+
+    async def copy(self, src: LogicalPath, dst: LogicalPath, *, overwrite: bool) -> bool:
+        try:
+            return await self._run(self._copy_sync, src, dst, overwrite)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    # -- data ---------------------------------------------------------------------------------
+    def _open_sync(self, path: LogicalPath) -> tuple[int, FileInfo]:
+        real = self._confined(path)
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if stat_mod.S_ISDIR(st.st_mode):
+            os.close(fd)
+            raise IsADirectoryError_("is a collection")
+        return fd, _info(path, st)
+
+    async def open_read(self, path: LogicalPath) -> PosixReadHandle:
+        try:
+            fd, info = await self._run(self._open_sync, path)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+        return PosixReadHandle(self, fd, info)
+
+    async def new_upload(self, path: LogicalPath) -> PosixUpload:
+        def run() -> tuple[str, int]:
+            self._confined(path)
+            tmp = os.path.join(self.staging, secrets.token_hex(16))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            return tmp, fd
+
+        try:
+            tmp, fd = await self._run(run)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+        return PosixUpload(self, path, tmp, fd)
+
+    def _checksum_sync(self, path: LogicalPath, algorithm: str) -> str:
+        fd, _ = self._open_sync(path)
+        try:
+            st = os.fstat(fd)
+            cached = _get_cached(fd, algorithm, st)
+            if cached is not None:
+                return cached
+            h = _Hasher(algorithm)
+            offset = 0
+            while True:
+                data = os.pread(fd, self.chunk, offset)
+                if not data:
+                    break
+                h.update(data)
+                offset += len(data)
+            value = h.value()
+            _set_cached(fd, algorithm, st, value)
+            return value
+        finally:
+            os.close(fd)
+
+    async def checksum(self, path: LogicalPath, algorithm: str) -> str:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unsupported checksum {algorithm}")
+        try:
+            return await self._run(self._checksum_sync, path, algorithm)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc

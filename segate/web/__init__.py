@@ -1,0 +1,1 @@
+"""The aiohttp edge: TLS, request parsing into plain values, error mapping, access log."""

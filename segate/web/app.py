@@ -1,0 +1,159 @@
+"""create_app(settings): the composition root. The only place that builds concrete objects.
+
+Every request goes through ``dispatch``: parse the target once (paths.py), authenticate
+(auth chain: bearer, else certificate, else anonymous), call the verb's handler, map errors,
+write one access-log line. Nothing is kept between requests on a connection (B12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from aiohttp import web
+
+from segate.auth.chain import AuthChain
+from segate.auth.jwks import KeyStore
+from segate.auth.jwt import JwtAuthenticator, default_audiences
+from segate.authz.decide import Policy
+from segate.config import Settings
+from segate.dav.handlers import METHODS
+from segate.errors import NotFound, NotImplementedByServer, SegateError, UriTooLong
+from segate.paths import MAX_PATH_BYTES, parse_url_path
+from segate.storage.base import StorageError
+from segate.storage.posix import PosixStorage
+from segate.web.context import RequestContext, Services
+from segate.web.credentials import credentials_from_request
+from segate.web.middleware import AccessLog, error_response
+from segate.web.tls import client_ssl_context
+
+log = logging.getLogger("segate")
+SERVICES = web.AppKey("segate_services", Services)
+ACCESS = web.AppKey("segate_access_log", AccessLog)
+
+
+def local_hosts(settings: Settings) -> frozenset[str]:
+    port = settings.server.port
+    names = {settings.server.host, "localhost", "127.0.0.1", "::1", "[::1]"}
+    names.update(settings.server.aliases)
+    out: set[str] = set()
+    for n in names:
+        n = n.lower()
+        if ":" in n and not n.startswith("[") and n.count(":") == 1:
+            out.add(n)  # already host:port
+            continue
+        out.add(n)
+        out.add(f"{n}:{port}")
+        if ":" in n and not n.startswith("["):
+            out.add(f"[{n}]:{port}")
+    return frozenset(out)
+
+
+def build_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> Services:
+    storage = PosixStorage(settings.storage.root, chunk=settings.storage.io_chunk)
+    removed = storage.prepare()
+    if removed:
+        log.info("removed %d stale staging files from an earlier run", removed)
+    tokens = settings.tokens
+    keys = KeyStore(
+        tokens.issuers,
+        ssl_context=client_ssl_context(settings.server.ca_dir),
+        refresh=tokens.jwks_refresh,
+        min_refetch=tokens.jwks_min_refetch,
+        timeout=tokens.jwks_timeout,
+    )
+    hostname = "localhost" if settings.server.host in ("127.0.0.1", "::1") else settings.server.host
+    jwt_auth = JwtAuthenticator(
+        tokens,
+        keys,
+        server_audiences=default_audiences(hostname, settings.server.port, settings.server.aliases),
+        clock=clock,
+    )
+    services = Services(
+        settings=settings,
+        storage=storage,
+        auth=AuthChain([jwt_auth]),
+        policy=Policy(rules=settings.rules, stage_implies_read=tokens.stage_implies_read),
+        local_hosts=local_hosts(settings),
+        clock=clock,
+    )
+    services.closers.append(keys.close)
+    return services
+
+
+async def _no_expect(request: web.Request) -> None:
+    """Handlers answer ``Expect: 100-continue`` themselves, after authorisation."""
+    return None
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    started = time.perf_counter()
+    ctx: RequestContext | None = None
+    resp: web.StreamResponse | None = None
+    reason = ""
+    raw = request.raw_path
+    try:
+        if len(raw) > MAX_PATH_BYTES + 4096:
+            raise UriTooLong("request target too long")
+        target = parse_url_path(raw.split("?", 1)[0].split("#", 1)[0])
+        if target.path.is_reserved:
+            raise NotFound("no such file or collection")
+        creds = credentials_from_request(
+            request, allow_query=services.settings.tokens.allow_query_token
+        )
+        principal = await services.auth.authenticate(creds)
+        ctx = RequestContext(request, services, target, creds, principal)
+        handler = METHODS.get(request.method)
+        if handler is None:
+            raise NotImplementedByServer(f"method {request.method[:20]} is not implemented")
+        resp = await handler(ctx)
+        return resp
+    except (SegateError, StorageError) as exc:
+        if resp is not None and resp.prepared:
+            raise
+        resp, reason = error_response(exc)
+        return resp
+    except (asyncio.CancelledError, ConnectionError):
+        reason = "client went away"
+        raise
+    except Exception as exc:
+        log.exception("unexpected error serving %s", request.method)
+        if resp is not None and resp.prepared:
+            raise
+        resp, reason = error_response(exc)
+        return resp
+    finally:
+        p = ctx.principal if ctx else None
+        if ctx and ctx.reasons and not reason:
+            reason = ctx.reasons[-1]
+        request.app[ACCESS].emit(
+            id=uuid.uuid4().hex[:8],
+            client=request.remote or "-",
+            method=request.method,
+            target=raw,
+            status=resp.status if resp is not None else 499,
+            bytes=(resp.content_length or 0) if resp is not None else 0,
+            dur_ms=round((time.perf_counter() - started) * 1000, 2),
+            auth=p.kind.value if p else "-",
+            subject=p.label() if p else "-",
+            reason=reason,
+        )
+
+
+def create_app(settings: Settings, *, services: Services | None = None) -> web.Application:
+    services = services or build_services(settings)
+    app = web.Application(client_max_size=settings.server.max_body_xml)
+    app[SERVICES] = services
+    app[ACCESS] = AccessLog(settings.server.log_format)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=_no_expect)
+
+    async def close(_app: web.Application) -> None:
+        for closer in services.closers:
+            await closer()
+
+    app.on_cleanup.append(close)
+    return app

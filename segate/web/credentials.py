@@ -1,0 +1,110 @@
+"""Parse a request's credentials into plain values (auth.chain.Credentials).
+
+* ``Authorization: Bearer <t>``, scheme case-insensitive (RFC 6750 §2.1, RFC 9110 §11.1). Any
+  other scheme is a 401: a credential we cannot judge is never treated as absent.
+* Query ``authz=`` (dCache/XRootD, optionally ``Bearer%20``-prefixed) or ``access_token=``
+  (RFC 6750 §2.3, StoRM) when ``[tokens] allow_query_token``; header wins if both are present.
+* The verified client certificate chain (DER, leaf first), read from the TLS object once per
+  connection: Python 3.13 has ``SSLObject.get_verified_chain()``; 3.11/3.12 expose the same call
+  on the private ``_sslobj``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from segate.auth.chain import Credentials
+from segate.errors import BadRequest, Unauthenticated
+
+_DER = 2  # _ssl.ENCODING_DER
+_CHAIN_KEY = "segate_peer_chain"
+
+
+def _chain_from_sslobj(sslobj: Any) -> tuple[bytes, ...]:
+    getter = getattr(sslobj, "get_verified_chain", None)
+    if getter is None:
+        inner = getattr(sslobj, "_sslobj", None)
+        getter = getattr(inner, "get_verified_chain", None)
+    if getter is None:
+        return ()
+    try:
+        chain = getter() or []
+    except (ssl.SSLError, ValueError):
+        return ()
+    out: list[bytes] = []
+    for cert in chain:
+        if isinstance(cert, bytes | bytearray):
+            out.append(bytes(cert))
+        else:
+            out.append(cert.public_bytes(_DER))
+    return tuple(out)
+
+
+def peer_chain(request: web.Request) -> tuple[bytes, ...]:
+    transport = request.transport
+    if transport is None:
+        return ()
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return ()
+    # The peer chain is a property of the TLS session, fixed for the connection: compute once.
+    proto = request.protocol
+    cached = getattr(proto, _CHAIN_KEY, None)
+    if cached is not None and cached[0] is sslobj:
+        return cached[1]  # type: ignore[no-any-return]
+    if sslobj.getpeercert(binary_form=True) is None:
+        chain: tuple[bytes, ...] = ()
+    else:
+        chain = _chain_from_sslobj(sslobj)
+    with contextlib.suppress(AttributeError):
+        setattr(proto, _CHAIN_KEY, (sslobj, chain))
+    return chain
+
+
+def _strip_bearer(value: str) -> str:
+    v = value.strip()
+    if v[:7].lower() == "bearer ":
+        v = v[7:].strip()
+    return v
+
+
+def bearer_from_request(request: web.Request, *, allow_query: bool) -> tuple[str | None, str]:
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:
+        raise BadRequest("more than one Authorization header")
+    if headers:
+        scheme, _, rest = headers[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise Unauthenticated(
+                f"unsupported authorization scheme {scheme[:20]!r}; use Bearer",
+                bearer_error="invalid_request",
+            )
+        return rest.strip(), "header"
+    if allow_query and request.query_string:
+        for key in ("authz", "access_token"):
+            values = request.query.getall(key, [])
+            if len(values) > 1:
+                raise BadRequest(f"more than one {key} query parameter")
+            if values:
+                return _strip_bearer(unquote(values[0]) if "%20" in values[0] else values[0]), (
+                    "query"
+                )
+    return None, ""
+
+
+def credentials_from_request(request: web.Request, *, allow_query: bool) -> Credentials:
+    bearer, source = bearer_from_request(request, allow_query=allow_query)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    ip = peer[0] if isinstance(peer, tuple) and peer else ""
+    return Credentials(
+        bearer=bearer,
+        bearer_source=source,
+        peer_chain=peer_chain(request),
+        client_ip=ip,
+        host=request.host,
+    )

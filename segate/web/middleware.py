@@ -1,0 +1,75 @@
+"""Errors to responses (the only place), and one access-log line per request.
+
+A SegateError becomes its status with a one-line text body; a StorageError is mapped to the
+status a WebDAV client expects (RFC 4918 §9, PROTOCOLS.md §6.3); anything else is a 500 with a
+generic body, the traceback going to the server log only. Secrets never reach the log: the
+request target is logged with ``authz=``/``access_token=`` values replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from segate.errors import SegateError
+from segate.storage import base as sb
+from segate.web.redact import redact_query, redact_text
+
+access_log = logging.getLogger("segate.access")
+log = logging.getLogger("segate")
+
+_STORAGE_STATUS: dict[type[sb.StorageError], int] = {
+    sb.NotFoundError: 404,
+    sb.ExistsError: 409,
+    sb.ParentMissingError: 409,
+    sb.NotADirectoryError_: 409,
+    sb.IsADirectoryError_: 405,
+    sb.NotEmptyError: 409,
+    sb.NoSpaceError: 507,
+    sb.EscapeError: 403,
+    sb.InvalidTargetError: 409,
+    sb.BackendError: 500,
+}
+
+
+def error_response(exc: BaseException) -> tuple[web.Response, str]:
+    """The response for an exception, and the reason to log."""
+    if isinstance(exc, SegateError):
+        status, msg, headers = exc.status, exc.message, exc.headers
+    elif isinstance(exc, sb.StorageError):
+        status = next((s for t, s in _STORAGE_STATUS.items() if isinstance(exc, t)), 500)
+        msg, headers = str(exc) or type(exc).__name__, {}
+    else:
+        status, msg, headers = 500, "internal server error", {}
+    resp = web.Response(status=status, text=msg + "\n", headers=headers)
+    if getattr(exc, "close_connection", False):
+        resp.force_close()
+    return resp, msg
+
+
+class AccessLog:
+    def __init__(self, fmt: str) -> None:
+        self.json = fmt == "json"
+
+    def emit(self, **fields: Any) -> None:
+        fields["target"] = redact_query(fields.get("target", ""))
+        if fields.get("reason"):
+            fields["reason"] = redact_text(str(fields["reason"]))
+        if self.json:
+            access_log.info(json.dumps(fields, separators=(",", ":"), default=str))
+            return
+        parts = []
+        for k, v in fields.items():
+            s = str(v)
+            if not s or any(c in s for c in ' "='):
+                s = json.dumps(s)
+            parts.append(f"{k}={s}")
+        access_log.info(" ".join(parts))
+
+
+def now() -> float:
+    return time.perf_counter()
