@@ -62,8 +62,11 @@ def _check_segment_chars(seg: str) -> None:
     for ch in seg:
         if ch == "/" or ch == "\\":
             raise PathError("encoded path separator in a segment")
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        o = ord(ch)
+        if o < 0x20 or o == 0x7F:
             raise PathError("control character in path")
+        if 0xD800 <= o <= 0xDFFF:
+            raise PathError("path is not valid UTF-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +159,9 @@ def parse_url_path(raw: str) -> RequestPath:
 
 
 def _parse_url_path(raw: str) -> RequestPath:
-    if len(raw.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in raw):
+        raise PathError("path is not valid UTF-8")
+    if len(raw.encode("utf-8")) > MAX_PATH_BYTES:
         raise PathError("path too long")
     if not raw.startswith("/"):
         raise PathError("path must be absolute")

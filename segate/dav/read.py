@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import secrets
-from email.utils import formatdate
 
 from aiohttp import web
 
 from segate.auth.principal import Op
 from segate.dav.headers import format_digest, negotiate_digest, parse_range
+from segate.dav.xml import http_date
 from segate.errors import MethodNotAllowed, NotFound
 from segate.storage.base import FileInfo
 from segate.web.context import RequestContext
@@ -25,7 +25,7 @@ from segate.web.context import RequestContext
 
 def file_headers(info: FileInfo) -> dict[str, str]:
     return {
-        "Last-Modified": formatdate(info.mtime, usegmt=True),
+        "Last-Modified": http_date(info.mtime),
         "ETag": info.etag,
         "Accept-Ranges": "bytes",
     }
@@ -65,10 +65,12 @@ async def handle_get(ctx: RequestContext) -> web.StreamResponse:
         raise MethodNotAllowed(
             "is a collection: list it with PROPFIND", headers={"Allow": "PROPFIND, OPTIONS, HEAD"}
         )
-    ranges = parse_range(ctx.request.headers.get("Range"), info.size)
     handle = await ctx.storage.open_read(ctx.path)
     try:
         info = handle.info  # the opened file's own size is what we send
+        ranges = parse_range(ctx.request.headers.get("Range"), info.size)
+        if ranges and sum(e - s + 1 for s, e in ranges) > info.size:
+            ranges = None  # overlapping ranges larger than the file: send it once (RFC 9110 §14.2)
         headers = file_headers(info)
         headers.update(await digest_headers(ctx, info))
         if ranges is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from segate.auth.principal import Op
+from segate.dav.headers import parse_content_length
 from segate.errors import (
     BadRequest,
     Conflict,
@@ -48,7 +49,7 @@ async def handle_put(ctx: RequestContext) -> web.StreamResponse:
     length_hdr = request.headers.get("Content-Length")
     if length_hdr is None and "chunked" not in te:
         raise LengthRequired("PUT needs Content-Length or chunked transfer encoding")
-    expected = request.content_length if length_hdr is not None else None
+    expected = parse_content_length(request.headers.getall("Content-Length", []))
 
     may_create = ctx.check(Op.CREATE, path).allowed
     may_overwrite = ctx.check(Op.OVERWRITE, path).allowed

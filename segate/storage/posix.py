@@ -304,6 +304,8 @@ class PosixStorage:
             for entry in it:
                 if path.is_root and entry.name == RESERVED_SEGMENT:
                     continue
+                if any(0xD800 <= ord(c) <= 0xDFFF for c in entry.name):
+                    continue  # not valid UTF-8: cannot be named in a URL we can parse back
                 child = path.child(entry.name)
                 try:
                     if entry.is_symlink():

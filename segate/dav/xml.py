@@ -1,0 +1,258 @@
+"""PROPFIND request bodies in, multistatus bodies out (RFC 4918 §9.1, §14, §15). Pure: no I/O.
+
+Rules (PROTOCOLS.md §6.1; field report B18):
+
+* Request bodies are parsed with defusedxml and no DTD at all: a DOCTYPE, an entity or an
+  external reference is a 400, like malformed XML (litmus ``propfind_invalid``/``_invalid2``)
+  and a root other than ``DAV:propfind`` holding exactly one of ``allprop`` (an ``include``
+  beside it is accepted and needs nothing more: allprop already returns every live property),
+  ``propname`` or ``prop``. A body over ``max_size`` is a 413 before parsing; an empty (or
+  all-whitespace) body means ``allprop`` (§9.1). Elements in other namespaces are ignored
+  (§17).
+* Responses use the ``D:`` prefix for ``DAV:``. Each ``response`` has first one ``200``
+  propstat with every property found (empty ``<D:prop/>`` if none, so davix, which keeps one
+  entry per 2xx propstat, still sees the resource) and then, for ``prop`` requests only, one
+  ``404`` propstat with the rest. Entries come in the caller's order (collection first).
+* Live properties: ``resourcetype`` (``<D:collection/>`` for collections), ``displayname``,
+  ``getlastmodified`` (IMF-fixdate, RFC 9110 §5.6.7), ``creationdate`` (RFC 3339, §15.1),
+  ``getetag`` (quoted), and for files only ``getcontentlength`` (exact, any size) and
+  ``getcontenttype``. ``iscollection`` (``1``/``0``, an XRootD extension) is answered only
+  when asked for by name. On a collection, a requested ``getcontentlength`` is a 404 property.
+* Every string is escaped for XML; characters XML 1.0 cannot carry (controls, lone surrogates
+  from undecodable file names) become U+FFFD, so the output is always well-formed UTF-8.
+  ``href`` values come percent-encoded from the caller and are only XML-escaped here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Literal
+
+import defusedxml.ElementTree as DefusedET
+from defusedxml import DefusedXmlException
+
+from segate.errors import BadRequest, RequestTooLarge
+from segate.storage.base import FileInfo
+
+DAV_NS = "DAV:"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+#: Content-Type for 207 and error bodies (RFC 4918 §8.2)
+XML_CONTENT_TYPE = 'application/xml; charset="utf-8"'
+
+PropName = tuple[str, str]  # (namespace, local name); namespace "" = none
+PropfindKind = Literal["allprop", "propname", "prop"]
+
+_KINDS = ("allprop", "propname", "prop")
+# characters no XML name can hold; a cheap guard for PropfindRequest built by hand
+_NOT_IN_NAME = re.compile(r"[\s<>&\"'/:=!?;,()\[\]{}]")
+
+
+@dataclass(frozen=True, slots=True)
+class PropfindRequest:
+    kind: PropfindKind
+    props: tuple[PropName, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"bad PROPFIND kind {self.kind!r}")
+        for _, local in self.props:
+            if not local or _NOT_IN_NAME.search(local):
+                raise ValueError(f"bad property name {local!r}")
+
+
+ALLPROP = PropfindRequest("allprop")
+PROPNAME = PropfindRequest("propname")
+
+
+def _split_tag(tag: str) -> PropName:
+    if tag.startswith("{"):
+        ns, _, local = tag[1:].rpartition("}")  # local names never hold "}"; URIs might
+        return ns, local
+    return "", tag
+
+
+def parse_propfind(body: bytes, *, max_size: int) -> PropfindRequest:
+    """Parse a PROPFIND body. Raises RequestTooLarge or BadRequest, nothing else."""
+    if len(body) > max_size:
+        raise RequestTooLarge(f"PROPFIND body over {max_size} bytes")
+    if not body.strip():
+        return ALLPROP
+    try:
+        root: ET.Element = DefusedET.fromstring(
+            body, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
+    except DefusedXmlException as exc:  # DTD, entity or external reference
+        raise BadRequest("PROPFIND body: DTDs and entities are not accepted") from exc
+    # ParseError: not well-formed; LookupError/ValueError: unknown or unusable declared encoding
+    except (ET.ParseError, LookupError, ValueError, UnicodeError) as exc:
+        raise BadRequest("PROPFIND body is not well-formed XML") from exc
+    if root.tag != f"{{{DAV_NS}}}propfind":
+        raise BadRequest("PROPFIND body must be a DAV:propfind element")
+    chosen: list[ET.Element] = []
+    for child in root:
+        if not isinstance(child.tag, str):
+            continue  # comments / processing instructions, if a builder keeps them
+        ns, local = _split_tag(child.tag)
+        if ns == DAV_NS and local in _KINDS:
+            chosen.append(child)
+    if len(chosen) != 1:
+        raise BadRequest("DAV:propfind needs exactly one of allprop, propname, prop")
+    kind = _split_tag(chosen[0].tag)[1]
+    if kind == "allprop":
+        return ALLPROP
+    if kind == "propname":
+        return PROPNAME
+    props: dict[PropName, None] = {}  # ordered set: request order, duplicates once
+    for el in chosen[0]:
+        if isinstance(el.tag, str):
+            props[_split_tag(el.tag)] = None
+    return PropfindRequest("prop", tuple(props))
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+_ATTR_ESCAPES = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "\r": "&#13;",
+        "\n": "&#10;",
+        "\t": "&#9;",
+    }
+)
+_HEAD = '<?xml version="1.0" encoding="utf-8"?>\n'
+_OK = "HTTP/1.1 200 OK"
+_NOT_FOUND = "HTTP/1.1 404 Not Found"
+#: latest instant an IMF-fixdate (4-digit year) can show: 9999-12-31T23:59:59Z
+_MAX_TIMESTAMP = 253402300799
+
+
+def _text(s: str) -> str:
+    return _NOT_XML_CHAR.sub("\ufffd", s).translate(_TEXT_ESCAPES)
+
+
+def _attr(s: str) -> str:
+    return _NOT_XML_CHAR.sub("\ufffd", s).translate(_ATTR_ESCAPES)
+
+
+def _utc(ts: float) -> datetime:
+    if not math.isfinite(ts):
+        ts = 0.0
+    return datetime.fromtimestamp(int(min(max(ts, 0.0), _MAX_TIMESTAMP)), tz=UTC)
+
+
+def http_date(ts: float) -> str:
+    """IMF-fixdate, e.g. ``Sun, 06 Nov 1994 08:49:37 GMT`` (RFC 9110 §5.6.7); locale-free."""
+    return format_datetime(_utc(ts), usegmt=True)
+
+
+def rfc3339_date(ts: float) -> str:
+    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _quoted_etag(etag: str) -> str:
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
+
+
+def live_properties(info: FileInfo) -> dict[str, str]:
+    """DAV: local name -> element content (already XML), for allprop and propname."""
+    props = {
+        "resourcetype": "<D:collection/>" if info.is_dir else "",
+        "displayname": _text(info.path.name),
+        "getlastmodified": http_date(info.mtime),
+        "creationdate": rfc3339_date(info.ctime),
+    }
+    if info.etag:
+        props["getetag"] = _text(_quoted_etag(info.etag))
+    if not info.is_dir:
+        props["getcontentlength"] = str(info.size)
+        props["getcontenttype"] = "application/octet-stream"
+    return props
+
+
+def _on_request_properties(info: FileInfo) -> dict[str, str]:
+    return {"iscollection": "1" if info.is_dir else "0"}
+
+
+def _element(ns: str, local: str, content: str = "") -> str:
+    if ns == DAV_NS:
+        name, decl = f"D:{local}", ""
+    elif ns == XML_NS:
+        name, decl = f"xml:{local}", ""  # the xml prefix is bound by definition
+    elif ns == "":
+        name, decl = local, ""  # no default namespace is ever declared, so this is "none"
+    else:
+        name, decl = f"ns0:{local}", f' xmlns:ns0="{_attr(ns)}"'
+    if content:
+        return f"<{name}{decl}>{content}</{name}>"
+    return f"<{name}{decl}/>"
+
+
+def _propstat(elements: Iterable[str], status: str) -> str:
+    inner = "".join(elements)
+    prop = f"<D:prop>{inner}</D:prop>" if inner else "<D:prop/>"
+    return f"<D:propstat>{prop}<D:status>{status}</D:status></D:propstat>"
+
+
+def _response(info: FileInfo, request: PropfindRequest, href: str) -> str:
+    live = live_properties(info)
+    parts = [f"<D:response><D:href>{_text(href)}</D:href>"]
+    if request.kind == "propname":
+        parts.append(_propstat((_element(DAV_NS, k) for k in live), _OK))
+    elif request.kind == "allprop":
+        parts.append(_propstat((_element(DAV_NS, k, v) for k, v in live.items()), _OK))
+    else:
+        live.update(_on_request_properties(info))
+        found: list[str] = []
+        missing: list[str] = []
+        for ns, local in request.props:
+            if ns == DAV_NS and local in live:
+                found.append(_element(ns, local, live[local]))
+            else:
+                missing.append(_element(ns, local))
+        parts.append(_propstat(found, _OK))
+        if missing:
+            parts.append(_propstat(missing, _NOT_FOUND))
+    parts.append("</D:response>")
+    return "".join(parts)
+
+
+def render_multistatus(
+    entries: list[FileInfo],
+    request: PropfindRequest,
+    *,
+    href_of: Callable[[FileInfo], str],
+) -> bytes:
+    """A 207 body: one ``response`` per entry, in order (put the requested resource first).
+
+    ``href_of`` returns the percent-encoded href (collections ending in ``/``).
+    """
+    body = [_HEAD, f'<D:multistatus xmlns:D="{DAV_NS}">']
+    body.extend(_response(info, request, href_of(info)) for info in entries)
+    body.append("</D:multistatus>\n")
+    return "".join(body).encode("utf-8")
+
+
+def render_propname(entries: list[FileInfo], *, href_of: Callable[[FileInfo], str]) -> bytes:
+    """A 207 body answering ``<D:propname/>``: the names of the live properties, no values."""
+    return render_multistatus(entries, PROPNAME, href_of=href_of)
+
+
+_CONDITION = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")
+
+
+def error_body(condition: str) -> bytes:
+    """``<D:error><D:{condition}/></D:error>`` (RFC 4918 §16), e.g. propfind-finite-depth."""
+    if not _CONDITION.fullmatch(condition):
+        raise ValueError(f"bad DAV: condition name {condition!r}")
+    return f'{_HEAD}<D:error xmlns:D="{DAV_NS}"><D:{condition}/></D:error>\n'.encode()
