@@ -62,7 +62,10 @@ def write_cert(path: Path, cert: x509.Certificate) -> None:
 
 
 def make_ca(
-    dn: tuple[tuple[str, str], ...] = CA_DN, *, days: int = 3650
+    dn: tuple[tuple[str, str], ...] = CA_DN,
+    *,
+    days: int = 3650,
+    not_before: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     key = new_key()
     name = name_from(dn)
@@ -74,7 +77,7 @@ def make_ca(
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_before(not_before or (now - dt.timedelta(days=1)))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
@@ -158,7 +161,9 @@ def issue_cert(
     return b.sign(ca_key, hashes.SHA256()), key
 
 
-def make_crl(ca_cert: x509.Certificate, ca_key: rsa.RSAPrivateKey, revoked: tuple[int, ...] = ()):  # type: ignore[no-untyped-def]
+def make_crl(
+    ca_cert: x509.Certificate, ca_key: rsa.RSAPrivateKey, revoked: tuple[int, ...] = ()
+) -> x509.CertificateRevocationList:
     now = dt.datetime.now(dt.UTC)
     b = (
         x509.CertificateRevocationListBuilder()
