@@ -273,7 +273,7 @@ def _issuer(r: _Reader) -> IssuerConfig | None:
     iss = r.get("issuer", str, "")
     if not iss:
         r.bad("issuer", "is required")
-    elif not iss.startswith("https://") and not iss.startswith("http://localhost"):
+    elif not iss.startswith("https://"):
         r.bad("issuer", f"{iss!r} must be an https URL")
     raw_bp = r.get("base_path", (str, list), "/")
     raw_list = [raw_bp] if isinstance(raw_bp, str) else raw_bp

@@ -48,8 +48,7 @@ class BearerAuthenticator(Protocol):
 class CertAuthenticator(Protocol):
     name: str
 
-    async def authenticate(self, creds: Credentials) -> Principal:
-        ...
+    async def authenticate(self, creds: Credentials) -> Principal: ...
 
 
 class AuthChain:
@@ -72,7 +71,9 @@ class AuthChain:
             for auth in self.bearer:
                 if auth.recognises(token):
                     return await auth.authenticate(token, creds)
-            raise Unauthenticated("bearer credential is neither a JWT nor a macaroon of this server")
+            raise Unauthenticated(
+                "bearer credential is neither a JWT nor a macaroon of this server"
+            )
         if creds.peer_chain and self.cert is not None:
             return await self.cert.authenticate(creds)
         return ANONYMOUS

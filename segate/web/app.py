@@ -52,6 +52,16 @@ def local_hosts(settings: Settings) -> frozenset[str]:
     return frozenset(out)
 
 
+def _public_host(settings: Settings) -> str:
+    """The name clients use for this server (token audiences): public_url, else listen host."""
+    if settings.server.public_url:
+        from urllib.parse import urlsplit
+
+        return urlsplit(settings.server.public_url).hostname or "localhost"
+    host = settings.server.host
+    return "localhost" if host in ("127.0.0.1", "::1", "0.0.0.0", "::") else host
+
+
 def build_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> Services:
     storage = PosixStorage(settings.storage.root, chunk=settings.storage.io_chunk)
     removed = storage.prepare()
@@ -65,7 +75,7 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.time
         min_refetch=tokens.jwks_min_refetch,
         timeout=tokens.jwks_timeout,
     )
-    hostname = "localhost" if settings.server.host in ("127.0.0.1", "::1") else settings.server.host
+    hostname = _public_host(settings)
     jwt_auth = JwtAuthenticator(
         tokens,
         keys,
