@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from segate.config import Settings, settings_from_dict
 from segate.devissuer import DevIssuer, ensure_dev_issuer
 from segate.web.app import create_app
+from testbed.pki import TestPKI, build_test_pki
 
 ISSUER = "https://issuer.test.invalid/"
 AUDIENCE = "https://localhost:8443"
@@ -108,3 +109,9 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
         return [r.getMessage() for r in caplog.records if r.name == "segate.access"]
 
     return lines
+
+
+@pytest.fixture(scope="session")
+def grid_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    """The X509/VOMS test PKI (testbed/pki.py: CA dir, user/VOMS certs, proxies), made once."""
+    return build_test_pki(tmp_path_factory.mktemp("grid-pki"))

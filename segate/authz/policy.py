@@ -12,9 +12,18 @@ the principal decides (an empty ``allow`` is an explicit deny).
     issuer:<iss>           a JWT from that issuer
     sub:<iss>#<sub>        one token subject
     group:<group>          a ``wlcg.groups`` entry of a JWT (exact: /cms/uscms does not give /cms)
-    dn:<subject DN>        an X509 end-entity DN (``/DC=.../CN=...``)
+    dn:<subject DN>        an X509 end-entity DN in slash form (``/DC=.../CN=...``), exact
+    user:<account>         the account ``[x509] dn_map`` maps the X509 DN to
     vo:<vo>                a verified VOMS VO
     fqan:<FQAN>            a verified FQAN: group prefix, optional ``/Role=``
+
+FQAN matching (PROTOCOLS.md §5.3-5.4; issue #4): ``/Capability=`` is ignored and ``Role=NULL``
+means "no role". ``fqan:/vo/g`` matches FQANs in ``/vo/g`` or any group below it (segment-wise:
+``/vo/g`` does not match ``/vo/gx``), with any role; ``fqan:/vo/g/Role=r`` also needs role ``r``.
+So ``fqan:/testvo/Role=production`` matches ``/testvo/Role=production/Capability=NULL`` and
+``fqan:/testvo`` matches ``/testvo/Role=NULL/Capability=NULL``. ``vo:testvo`` matches the
+principal's VO or any FQAN whose first group is ``testvo``. Only verified FQANs ever reach a
+principal (segate.auth.voms).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ WHO_KINDS = (
     "sub:",
     "group:",
     "dn:",
+    "user:",
     "vo:",
     "fqan:",
 )
@@ -41,6 +51,10 @@ def valid_who(entry: str) -> bool:
     if entry in ("anonymous", "any-authenticated", "any-token"):
         return True
     head, sep, rest = entry.partition(":")
+    if head == "dn" and not (rest.startswith("/") and "=" in rest):
+        return False  # slash form only
+    if head == "fqan" and not (rest.startswith("/") and _split_fqan(rest)[0] != "/"):
+        return False  # "fqan:/" would match every FQAN
     return bool(sep) and bool(rest) and f"{head}:" in WHO_KINDS
 
 
@@ -98,6 +112,8 @@ def who_matches(entry: str, principal: Principal) -> bool:
         return is_token and value in principal.groups
     if head == "dn":
         return principal.dn is not None and principal.dn == value
+    if head == "user":
+        return principal.dn is not None and principal.subject == value
     if head == "vo":
         return principal.vo == value or any(
             _split_fqan(f)[0].split("/")[1:2] == [value] for f in principal.fqans

@@ -6,13 +6,20 @@
   (RFC 6750 §2.3, StoRM) when ``[tokens] allow_query_token``; header wins if both are present.
 * The verified client certificate chain (DER, leaf first), read from the TLS object once per
   connection: Python 3.13 has ``SSLObject.get_verified_chain()``; 3.11/3.12 expose the same call
-  on the private ``_sslobj``.
+  on the private ``_sslobj``. A resumed TLS session (TLS 1.2 session IDs: Python cannot turn
+  off the server's session cache; tls.py turns off TLS 1.3 tickets) has the peer certificate
+  but no verified chain, so the chain of each full handshake is remembered by session ID
+  (bounded, 2 h, the leaf must match) and recalled on resumption. If it is gone, the leaf
+  alone is passed: the certificate authenticator then refuses a proxy it cannot see the issuer
+  of, instead of the request silently becoming anonymous.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
+import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,6 +30,34 @@ from segate.errors import BadRequest, Unauthenticated
 
 _DER = 2  # _ssl.ENCODING_DER
 _CHAIN_KEY = "segate_peer_chain"
+_SESSION_TTL = 7200.0  # OpenSSL's default TLS session timeout
+_SESSION_MAX = 4096
+_session_chains: OrderedDict[bytes, tuple[float, tuple[bytes, ...]]] = OrderedDict()
+
+
+def _session_id(sslobj: Any) -> bytes | None:
+    try:
+        session = sslobj.session
+    except (AttributeError, ValueError, ssl.SSLError):
+        return None
+    sid = getattr(session, "id", None) if session is not None else None
+    return bytes(sid) if sid else None
+
+
+def _remember(sid: bytes | None, chain: tuple[bytes, ...]) -> None:
+    if sid is None:
+        return
+    _session_chains[sid] = (time.monotonic() + _SESSION_TTL, chain)
+    _session_chains.move_to_end(sid)
+    while len(_session_chains) > _SESSION_MAX:
+        _session_chains.popitem(last=False)
+
+
+def _recall(sid: bytes | None, leaf: bytes) -> tuple[bytes, ...]:
+    entry = _session_chains.get(sid) if sid is not None else None
+    if entry is None or entry[0] < time.monotonic() or entry[1][:1] != (leaf,):
+        return ()
+    return entry[1]
 
 
 def _chain_from_sslobj(sslobj: Any) -> tuple[bytes, ...]:
@@ -57,10 +92,16 @@ def peer_chain(request: web.Request) -> tuple[bytes, ...]:
     cached = getattr(proto, _CHAIN_KEY, None)
     if cached is not None and cached[0] is sslobj:
         return cached[1]  # type: ignore[no-any-return]
-    if sslobj.getpeercert(binary_form=True) is None:
+    leaf = sslobj.getpeercert(binary_form=True)
+    if leaf is None:
         chain: tuple[bytes, ...] = ()
     else:
         chain = _chain_from_sslobj(sslobj)
+        sid = _session_id(sslobj)
+        if chain:
+            _remember(sid, chain)
+        else:  # resumed session: no verified chain (see the module docstring)
+            chain = _recall(sid, leaf) or (leaf,)
     with contextlib.suppress(AttributeError):
         setattr(proto, _CHAIN_KEY, (sslobj, chain))
     return chain
