@@ -1,4 +1,4 @@
-"""The command line: serve, token, check-config. Nothing else lives here."""
+"""The command line: serve, token, macaroon, check-config. Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -90,6 +90,57 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_macaroon(args: argparse.Namespace) -> int:
+    """Mint an admin macaroon with the server's current secret (PROTOCOLS.md §3)."""
+    import math
+    import time
+
+    from segate.auth.durations import DurationError, parse_duration
+    from segate.auth.macaroon_caveats import (
+        CaveatError,
+        MintedFor,
+        parse_activities,
+        parse_networks,
+    )
+    from segate.auth.macaroons import MacaroonKeyring, mint
+    from segate.paths import LogicalPath, PathError
+
+    try:
+        settings, _is_default = _settings_for(args)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"config error: {p}", file=sys.stderr)
+        return 2
+    mac = settings.macaroons
+    if mac.secret_file is None:
+        print("config error: macaroons.secret_file is not set", file=sys.stderr)
+        return 2
+    try:
+        if not args.path.startswith("/"):
+            raise PathError("--path must be absolute")
+        path = LogicalPath.from_plain(args.path)
+        activities = parse_activities(args.activity)
+        validity = parse_duration(args.validity)
+        networks = [str(n) for n in parse_networks(args.ip)] if args.ip else []
+        keyring = MacaroonKeyring.from_files(mac.secret_file, mac.previous_secret_files)
+    except (PathError, CaveatError, DurationError, OSError) as exc:
+        print(f"segate macaroon: {exc}", file=sys.stderr)
+        return 2
+    now = time.time()
+    print(
+        mint(
+            keyring,
+            location=mac.location,
+            minted_for=MintedFor.admin(args.subject),
+            path=path,
+            activities=activities,
+            expires_at=math.floor(now + min(validity, mac.max_validity)),
+            networks=networks,
+        )
+    )
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(Path(args.file))
@@ -132,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--groups", help="wlcg.groups, comma or space separated")
     t.add_argument("--sub", default="dev-user")
     t.set_defaults(func=cmd_token)
+
+    m = sub.add_parser("macaroon", help="mint an admin macaroon with the server's secret")
+    m.add_argument("--config", "-c", help="TOML config; without it, the embedded default")
+    m.add_argument("--path", required=True, help="absolute path the macaroon is limited to")
+    m.add_argument("--activity", default="DOWNLOAD,LIST", help="comma list, e.g. DOWNLOAD,LIST")
+    m.add_argument("--validity", default="PT1H", help="ISO 8601 duration (PT30M, PT2H, P1D)")
+    m.add_argument("--ip", help="client addresses or CIDRs, comma separated")
+    m.add_argument("--subject", default="segate-admin", help="name recorded in the macaroon")
+    m.set_defaults(func=cmd_macaroon)
 
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("file")
