@@ -11,12 +11,13 @@ from aiohttp import web
 
 from segate.dav.namespace import destination_of, handle_local_copy, handle_move
 from segate.dav.propfind import handle_propfind
+from segate.dav.proppatch import handle_proppatch
 from segate.dav.read import handle_get, handle_head
 from segate.dav.write import handle_delete, handle_mkcol, handle_put
 from segate.errors import MethodNotAllowed, NotImplementedByServer
 from segate.web.context import Handler, RequestContext
 
-ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, COPY, PROPFIND, POST"
+ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, COPY, PROPFIND, PROPPATCH, POST"
 
 
 async def handle_options(ctx: RequestContext) -> web.StreamResponse:
@@ -64,5 +65,6 @@ METHODS: dict[str, Handler] = {
     "MOVE": handle_move,
     "COPY": handle_copy,
     "PROPFIND": handle_propfind,
+    "PROPPATCH": handle_proppatch,
     "POST": handle_post,
 }

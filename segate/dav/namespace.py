@@ -4,7 +4,9 @@ Both ends are authorised before anything changes (gfal2 DMC-1297, field report B
 the right to move the source away and to create (or overwrite) the destination; COPY needs read
 on the source. ``Overwrite: F`` onto an existing destination is 412; a missing destination
 parent is 409; moving a collection into itself is 409 with the tree intact; source = destination
-is 403. A ``Destination`` on another server is third-party copy (COPY) or 502 (MOVE).
+is 403. Operations on a whole collection are authorised at every site-rule path inside it too
+(``authorize_subtree``). Dead properties travel with the resource (storage keeps them on the
+inode). A ``Destination`` on another server is third-party copy (COPY) or 502 (MOVE).
 """
 
 from __future__ import annotations
@@ -17,6 +19,19 @@ from segate.errors import BadGateway, BadRequest, Forbidden, NotFound, Precondit
 from segate.paths import LogicalPath
 from segate.storage.base import ExistsError
 from segate.web.context import RequestContext
+
+
+def authorize_subtree(ctx: RequestContext, op: Op, path: LogicalPath) -> None:
+    """Authorise ``op`` on a whole tree: at ``path`` and at every site-rule path below it.
+
+    Grants and macaroon paths cover whole subtrees, so only a deeper ``[[rules]]`` entry can
+    decide differently inside the tree (a recursive DELETE must not remove what that rule
+    protects).
+    """
+    ctx.authorize(op, path)
+    for rule in ctx.services.policy.rules:
+        if rule.path.is_within(path) and rule.path != path:
+            ctx.authorize(op, rule.path)
 
 
 def destination_of(ctx: RequestContext) -> Destination:
@@ -44,7 +59,7 @@ async def _authorize_destination(
             raise PreconditionFailed("destination exists and Overwrite is F")
         ctx.authorize(Op.OVERWRITE, dst)
         if info.is_dir:
-            ctx.authorize(Op.DELETE, dst)
+            authorize_subtree(ctx, Op.DELETE, dst)
     else:
         ctx.authorize(Op.MKDIR if src_is_dir else Op.CREATE, dst)
     return info is not None
@@ -62,6 +77,8 @@ async def handle_move(ctx: RequestContext) -> web.StreamResponse:
     info = await ctx.storage.stat(src)
     if info is None:
         raise NotFound("source does not exist")
+    if info.is_dir:
+        authorize_subtree(ctx, Op.MOVE_OUT, src)
     await _authorize_destination(ctx, dst, src_is_dir=info.is_dir, overwrite=overwrite)
     try:
         created = await ctx.storage.move(src, dst, overwrite=overwrite)
@@ -82,7 +99,9 @@ async def handle_local_copy(ctx: RequestContext, dest: Destination) -> web.Strea
     if info is None:
         raise NotFound("source does not exist")
     if info.is_dir:
-        ctx.authorize(Op.LIST, src)
+        authorize_subtree(ctx, Op.LIST, src)
+        if depth != "0":
+            authorize_subtree(ctx, Op.READ, src)
     existed = await _authorize_destination(ctx, dst, src_is_dir=info.is_dir, overwrite=overwrite)
     try:
         if info.is_dir and depth == "0":

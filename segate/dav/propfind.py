@@ -2,7 +2,8 @@
 
 Depth 0 and 1; a missing Depth is taken as 1 (bounded) and ``infinity`` is refused with 403 and
 ``propfind-finite-depth``. The requested resource comes first; all found properties share one
-200 propstat. Stat needs only the stat right; listing a collection needs list (read).
+200 propstat. Stat needs only the stat right; listing a collection needs list (read). Dead
+properties (set by PROPPATCH) are read from storage only when the request may show them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from aiohttp import web
 
 from segate.auth.principal import Op
 from segate.dav.headers import parse_depth
-from segate.dav.xml import error_body, parse_propfind, render_multistatus
+from segate.dav.xml import (
+    dead_properties,
+    error_body,
+    needs_dead_properties,
+    parse_propfind,
+    render_multistatus,
+)
 from segate.errors import NotFound
 from segate.storage.base import FileInfo
 from segate.web.body import read_limited
@@ -41,5 +48,9 @@ async def handle_propfind(ctx: RequestContext) -> web.StreamResponse:
     if info.is_dir and depth == "1":
         ctx.authorize(Op.LIST)
         entries.extend(await ctx.storage.listdir(ctx.path))
-    xml = render_multistatus(entries, preq, href_of=href_of)
+    dead = None
+    if needs_dead_properties(preq):
+        stored = await ctx.storage.read_properties([e.path for e in entries])
+        dead = [dead_properties(s) for s in stored]
+    xml = render_multistatus(entries, preq, href_of=href_of, dead=dead)
     return web.Response(status=207, body=xml, content_type="application/xml", charset="utf-8")

@@ -12,7 +12,10 @@ its body.
 
 MKCOL: 201; 405 if anything exists there (davix maps it to EEXIST, B16); 409 without parent;
 415 with a body (RFC 4918 §9.3). DELETE: 204; a non-empty collection only with ``Depth:
-infinity`` (else 409), as neon/litmus send and PROTOCOLS.md §6.3 recommends.
+infinity`` (else 409, POSIX rmdir as gfal2 and XRootD expect, PROTOCOLS.md §6.3), unless
+``[storage] recursive_delete`` makes every collection DELETE recursive as RFC 4918 §9.6.1 says
+(neon/litmus send no Depth header). A recursive delete is authorised at the collection and at
+every site-rule path below it, so a deeper rule that forbids deleting still holds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aiohttp import web
 
 from segate.auth.principal import Op
 from segate.dav.headers import parse_content_length
+from segate.dav.namespace import authorize_subtree
 from segate.errors import (
     BadRequest,
     Conflict,
@@ -118,7 +122,10 @@ async def handle_delete(ctx: RequestContext) -> web.StreamResponse:
     info = await ctx.storage.stat(ctx.path)
     if info is None:
         raise NotFound("no such file or collection")
-    recursive = info.is_dir and ctx.request.headers.get("Depth", "").lower() == "infinity"
+    depth_inf = ctx.request.headers.get("Depth", "").lower() == "infinity"
+    recursive = info.is_dir and (depth_inf or ctx.services.settings.storage.recursive_delete)
+    if recursive:
+        authorize_subtree(ctx, Op.DELETE, ctx.path)
     try:
         await ctx.storage.delete(ctx.path, recursive=recursive)
     except NotEmptyError as exc:

@@ -1,4 +1,4 @@
-"""PROPFIND request bodies in, multistatus bodies out (RFC 4918 §9.1, §14, §15). Pure: no I/O.
+"""PROPFIND/PROPPATCH bodies in, multistatus bodies out (RFC 4918 §9.1, §9.2, §14, §15). Pure.
 
 Rules (PROTOCOLS.md §6.1; field report B18):
 
@@ -18,6 +18,15 @@ Rules (PROTOCOLS.md §6.1; field report B18):
   ``getetag`` (quoted), and for files only ``getcontentlength`` (exact, any size) and
   ``getcontenttype``. ``iscollection`` (``1``/``0``, an XRootD extension) is answered only
   when asked for by name. On a collection, a requested ``getcontentlength`` is a 404 property.
+* PROPPATCH (§9.2, §14.19): a ``DAV:propertyupdate`` with ``set``/``remove`` children, each
+  holding one ``DAV:prop``; every element in it is one instruction, kept in document order. A set
+  value is the whole property element re-serialized with its own namespace declarations
+  (§4.3: namespaces, attributes and mixed content are kept; an inherited ``xml:lang`` is copied
+  onto it, §4.4). Protected live properties (:data:`PROTECTED`) cannot be set or removed (403
+  ``cannot-modify-protected-property``, the others 424, §9.2.1).
+* Dead properties come from the caller as ``{PropName: serialized element}``; allprop and
+  propname list them after the live ones, ``prop`` finds them by name. A stored value that is not
+  a well-formed element of that name is left out (so nothing from storage can break the XML).
 * Every string is escaped for XML; characters XML 1.0 cannot carry (controls, lone surrogates
   from undecodable file names) become U+FFFD, so the output is always well-formed UTF-8.
   ``href`` values come percent-encoded from the caller and are only XML-escaped here.
@@ -28,10 +37,11 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from http import HTTPStatus
 from typing import Literal
 
 import defusedxml.ElementTree as DefusedET
@@ -77,21 +87,26 @@ def _split_tag(tag: str) -> PropName:
     return "", tag
 
 
+def _parse_body(body: bytes, method: str) -> ET.Element:
+    try:
+        root: ET.Element = DefusedET.fromstring(
+            body, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
+    except DefusedXmlException as exc:  # DTD, entity or external reference
+        raise BadRequest(f"{method} body: DTDs and entities are not accepted") from exc
+    # ParseError: not well-formed; LookupError/ValueError: unknown or unusable declared encoding
+    except (ET.ParseError, LookupError, ValueError, UnicodeError) as exc:
+        raise BadRequest(f"{method} body is not well-formed XML") from exc
+    return root
+
+
 def parse_propfind(body: bytes, *, max_size: int) -> PropfindRequest:
     """Parse a PROPFIND body. Raises RequestTooLarge or BadRequest, nothing else."""
     if len(body) > max_size:
         raise RequestTooLarge(f"PROPFIND body over {max_size} bytes")
     if not body.strip():
         return ALLPROP
-    try:
-        root: ET.Element = DefusedET.fromstring(
-            body, forbid_dtd=True, forbid_entities=True, forbid_external=True
-        )
-    except DefusedXmlException as exc:  # DTD, entity or external reference
-        raise BadRequest("PROPFIND body: DTDs and entities are not accepted") from exc
-    # ParseError: not well-formed; LookupError/ValueError: unknown or unusable declared encoding
-    except (ET.ParseError, LookupError, ValueError, UnicodeError) as exc:
-        raise BadRequest("PROPFIND body is not well-formed XML") from exc
+    root = _parse_body(body, "PROPFIND")
     if root.tag != f"{{{DAV_NS}}}propfind":
         raise BadRequest("PROPFIND body must be a DAV:propfind element")
     chosen: list[ET.Element] = []
@@ -113,6 +128,111 @@ def parse_propfind(body: bytes, *, max_size: int) -> PropfindRequest:
         if isinstance(el.tag, str):
             props[_split_tag(el.tag)] = None
     return PropfindRequest("prop", tuple(props))
+
+
+# -- PROPPATCH --------------------------------------------------------------------------------
+
+_XML_LANG = f"{{{XML_NS}}}lang"
+#: live properties a client can never set or remove (RFC 4918 §15, RFC 4331 quotas, XRootD)
+PROTECTED: frozenset[PropName] = frozenset(
+    (DAV_NS, n)
+    for n in [
+        "creationdate",
+        "displayname",
+        "getcontentlength",
+        "getcontenttype",
+        "getetag",
+        "getlastmodified",
+        "resourcetype",
+        "lockdiscovery",
+        "supportedlock",
+        "iscollection",
+        "quota-used-bytes",
+        "quota-available-bytes",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PropUpdate:
+    """One PROPPATCH instruction: set ``name`` to ``xml`` (the serialized element) or remove it."""
+
+    name: PropName
+    xml: str | None
+
+
+def _serialize_property(el: ET.Element, lang: str | None) -> str:
+    el.tail = None  # text after the element belongs to the enclosing DAV:prop
+    if lang is not None and _XML_LANG not in el.attrib:
+        el.set(_XML_LANG, lang)
+    out: str = ET.tostring(el, encoding="unicode")
+    return out
+
+
+def parse_proppatch(body: bytes, *, max_size: int) -> tuple[PropUpdate, ...]:
+    """Parse a PROPPATCH body. Raises RequestTooLarge or BadRequest, nothing else."""
+    if len(body) > max_size:
+        raise RequestTooLarge(f"PROPPATCH body over {max_size} bytes")
+    if not body.strip():
+        raise BadRequest("PROPPATCH needs a DAV:propertyupdate body")
+    root = _parse_body(body, "PROPPATCH")
+    if root.tag != f"{{{DAV_NS}}}propertyupdate":
+        raise BadRequest("PROPPATCH body must be a DAV:propertyupdate element")
+    updates: list[PropUpdate] = []
+    seen_instruction = False
+    for action in root:
+        if not isinstance(action.tag, str):
+            continue
+        ns, kind = _split_tag(action.tag)
+        if ns != DAV_NS or kind not in ("set", "remove"):
+            continue  # unknown elements are ignored (§17)
+        seen_instruction = True
+        lang = action.get(_XML_LANG, root.get(_XML_LANG))
+        props = [c for c in action if isinstance(c.tag, str) and c.tag == f"{{{DAV_NS}}}prop"]
+        if len(props) != 1:
+            raise BadRequest(f"DAV:{kind} must hold exactly one DAV:prop")
+        prop_lang = props[0].get(_XML_LANG, lang)
+        for el in props[0]:
+            if not isinstance(el.tag, str):
+                continue
+            name = _split_tag(el.tag)
+            if not name[1] or _NOT_IN_NAME.search(name[1]):
+                raise BadRequest("bad property name")
+            xml = _serialize_property(el, prop_lang) if kind == "set" else None
+            updates.append(PropUpdate(name, xml))
+    if not seen_instruction:
+        raise BadRequest("DAV:propertyupdate needs a DAV:set or DAV:remove")
+    return tuple(updates)
+
+
+def clark(name: PropName) -> str:
+    """``{namespace}local``: how a property name is keyed in storage."""
+    return f"{{{name[0]}}}{name[1]}"
+
+
+def from_clark(key: str) -> PropName | None:
+    if not key.startswith("{") or "}" not in key:
+        return None
+    ns, _, local = key[1:].rpartition("}")
+    return (ns, local) if local and not _NOT_IN_NAME.search(local) else None
+
+
+def dead_properties(stored: Mapping[str, str]) -> dict[PropName, str]:
+    """Storage's ``{clark: xml}`` as ``{PropName: xml}``, keeping only well-formed entries."""
+    out: dict[PropName, str] = {}
+    for key, xml in stored.items():
+        name = from_clark(key)
+        if name is None:
+            continue
+        try:
+            el = DefusedET.fromstring(
+                xml.encode("utf-8"), forbid_dtd=True, forbid_entities=True, forbid_external=True
+            )
+        except (DefusedXmlException, ET.ParseError, ValueError, UnicodeError):
+            continue
+        if _split_tag(el.tag) == name:
+            out[name] = xml
+    return out
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -204,13 +324,19 @@ def _propstat(elements: Iterable[str], status: str) -> str:
     return f"<D:propstat>{prop}<D:status>{status}</D:status></D:propstat>"
 
 
-def _response(info: FileInfo, request: PropfindRequest, href: str) -> str:
+def _response(
+    info: FileInfo, request: PropfindRequest, href: str, dead: Mapping[PropName, str]
+) -> str:
     live = live_properties(info)
     parts = [f"<D:response><D:href>{_text(href)}</D:href>"]
     if request.kind == "propname":
-        parts.append(_propstat((_element(DAV_NS, k) for k in live), _OK))
+        names = [_element(DAV_NS, k) for k in live]
+        names.extend(_element(ns, local) for ns, local in dead)
+        parts.append(_propstat(names, _OK))
     elif request.kind == "allprop":
-        parts.append(_propstat((_element(DAV_NS, k, v) for k, v in live.items()), _OK))
+        values = [_element(DAV_NS, k, v) for k, v in live.items()]
+        values.extend(dead.values())
+        parts.append(_propstat(values, _OK))
     else:
         live.update(_on_request_properties(info))
         found: list[str] = []
@@ -218,6 +344,8 @@ def _response(info: FileInfo, request: PropfindRequest, href: str) -> str:
         for ns, local in request.props:
             if ns == DAV_NS and local in live:
                 found.append(_element(ns, local, live[local]))
+            elif (ns, local) in dead:
+                found.append(dead[(ns, local)])
             else:
                 missing.append(_element(ns, local))
         parts.append(_propstat(found, _OK))
@@ -227,18 +355,26 @@ def _response(info: FileInfo, request: PropfindRequest, href: str) -> str:
     return "".join(parts)
 
 
+def needs_dead_properties(request: PropfindRequest) -> bool:
+    """Whether answering ``request`` may need dead properties (else skip reading them)."""
+    return request.kind != "prop" or any(name not in PROTECTED for name in request.props)
+
+
 def render_multistatus(
     entries: list[FileInfo],
     request: PropfindRequest,
     *,
     href_of: Callable[[FileInfo], str],
+    dead: Sequence[Mapping[PropName, str]] | None = None,
 ) -> bytes:
     """A 207 body: one ``response`` per entry, in order (put the requested resource first).
 
-    ``href_of`` returns the percent-encoded href (collections ending in ``/``).
+    ``href_of`` returns the percent-encoded href (collections ending in ``/``); ``dead`` holds
+    each entry's dead properties (see :func:`dead_properties`), in the same order.
     """
     body = [_HEAD, f'<D:multistatus xmlns:D="{DAV_NS}">']
-    body.extend(_response(info, request, href_of(info)) for info in entries)
+    for i, info in enumerate(entries):
+        body.append(_response(info, request, href_of(info), dead[i] if dead else {}))
     body.append("</D:multistatus>\n")
     return "".join(body).encode("utf-8")
 
@@ -246,6 +382,27 @@ def render_multistatus(
 def render_propname(entries: list[FileInfo], *, href_of: Callable[[FileInfo], str]) -> bytes:
     """A 207 body answering ``<D:propname/>``: the names of the live properties, no values."""
     return render_multistatus(entries, PROPNAME, href_of=href_of)
+
+
+def render_proppatch(href: str, results: Sequence[tuple[PropName, int]]) -> bytes:
+    """The 207 answer to a PROPPATCH: one propstat per status, names only (§9.2.1).
+
+    A 403 propstat carries the ``cannot-modify-protected-property`` condition (§16).
+    """
+    by_status: dict[int, dict[PropName, None]] = {}
+    for name, status in results:
+        by_status.setdefault(status, {})[name] = None
+    parts = [_HEAD, f'<D:multistatus xmlns:D="{DAV_NS}">']
+    parts.append(f"<D:response><D:href>{_text(href)}</D:href>")
+    for status, names in by_status.items():
+        line = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"
+        inner = "".join(_element(ns, local) for ns, local in names)
+        parts.append(f"<D:propstat><D:prop>{inner}</D:prop><D:status>{line}</D:status>")
+        if status == 403:
+            parts.append("<D:error><D:cannot-modify-protected-property/></D:error>")
+        parts.append("</D:propstat>")
+    parts.append("</D:response></D:multistatus>\n")
+    return "".join(parts).encode("utf-8")
 
 
 _CONDITION = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")

@@ -18,7 +18,7 @@ them (``web/middleware.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -143,4 +143,17 @@ class Storage(Protocol):
 
     async def checksum(self, path: LogicalPath, algorithm: str) -> str:
         """Formatted value for ``Digest:`` (adler32/crc32c 8 hex digits, md5 base64)."""
+        ...
+
+    async def read_properties(self, paths: Sequence[LogicalPath]) -> list[dict[str, str]]:
+        """Dead properties (opaque name -> value) of each path, {} where none or missing."""
+        ...
+
+    async def patch_properties(
+        self, path: LogicalPath, changes: Sequence[tuple[str, str | None]]
+    ) -> None:
+        """Set (value) or remove (None) dead properties in order, all or nothing.
+
+        Raises NotFoundError, NoSpaceError (too much to store), BackendError.
+        """
         ...

@@ -12,6 +12,8 @@
   extended attribute (``user.segate.<algo>`` = ``<mtime_ns>:<size>:<value>``), so a later
   ``Want-Digest`` costs no re-read. Other algorithms are computed on demand and cached the same
   way. Filesystems without user xattrs simply recompute.
+* Dead properties (PROPPATCH) are kept per resource in an extended attribute, so they move,
+  copy and vanish with it (``storage/deadprops.py``).
 * Blocking calls run in the default executor, one hop per large chunk (``io_chunk``, 4 MiB by
   default) so the event loop never waits on the disk.
 """
@@ -28,13 +30,14 @@ import secrets
 import shutil
 import stat as stat_mod
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import google_crc32c
 
 from segate.paths import RESERVED_SEGMENT, LogicalPath
+from segate.storage import deadprops
 from segate.storage.base import (
     ALGORITHMS,
     BackendError,
@@ -401,6 +404,8 @@ class PosixStorage:
                 raise ExistsError("destination exists")
             if os.path.isdir(rdst) and not os.path.islink(rdst):
                 shutil.rmtree(rdst)
+            elif os.path.isdir(rsrc) and not os.path.islink(rsrc):
+                os.unlink(rdst)  # rename(2) cannot put a directory over a file
         os.rename(rsrc, rdst)
         return not existed
 
@@ -441,6 +446,22 @@ class PosixStorage:
     async def copy(self, src: LogicalPath, dst: LogicalPath, *, overwrite: bool) -> bool:
         try:
             return await self._run(self._copy_sync, src, dst, overwrite)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    # -- dead properties (storage/deadprops.py) ----------------------------------------------
+    async def read_properties(self, paths: Sequence[LogicalPath]) -> list[dict[str, str]]:
+        def run() -> list[dict[str, str]]:
+            return [deadprops.read(self._confined(p)) for p in paths]
+
+        try:
+            return await self._run(run)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    async def patch_properties(self, path: LogicalPath, changes: deadprops.PropPatch) -> None:
+        try:
+            await self._run(lambda: deadprops.patch(self._confined(path), changes))
         except OSError as exc:
             raise _map_oserror(exc) from exc
 

@@ -1,0 +1,102 @@
+"""Dead properties of a resource (RFC 4918 §4, §9.2): opaque name -> value strings on POSIX.
+
+Storage does not interpret them: the WebDAV layer chooses the names (Clark notation
+``{namespace}local``) and the values (a serialized XML element); here they are only kept.
+
+* They live in one extended attribute of the file or directory itself,
+  ``user.segate.props`` = a JSON object. So they follow the inode: ``rename`` (MOVE) keeps them,
+  ``unlink``/``rmdir`` (DELETE) drops them, and ``shutil.copy2``/``copytree`` (COPY) copy them
+  (``copystat`` copies ``user.*`` attributes on Linux). A PUT that replaces a file replaces the
+  resource, so the new file starts without dead properties.
+* A patch is a list of (name, value or None = remove) applied in order, all or nothing, under
+  an exclusive ``flock`` on the resource, so concurrent patches (also from other worker
+  processes) never lose each other's updates.
+* Size: the encoded object is at most :data:`MAX_BYTES` (the Linux limit for one attribute);
+  ext4 holds about 4 KiB of attributes per inode. Too much is :class:`NoSpaceError`
+  (RFC 4918 §9.2.1: 507). A filesystem without user extended attributes reads as "no dead
+  properties" and refuses patches with :class:`BackendError`.
+* Unreadable or foreign content in the attribute reads as "no dead properties" (never a 500).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Sequence
+
+from segate.storage.base import BackendError, NoSpaceError, NotFoundError
+
+XATTR_NAME = "user.segate.props"
+#: XATTR_SIZE_MAX on Linux
+MAX_BYTES = 65536
+
+PropPatch = Sequence[tuple[str, str | None]]
+
+
+def _decode(raw: bytes) -> dict[str, str]:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _read_fd(fd: int) -> dict[str, str]:
+    try:
+        return _decode(os.getxattr(fd, XATTR_NAME))
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+
+
+def read(real: str) -> dict[str, str]:
+    """The dead properties of the file or directory at ``real`` ({} if none or missing)."""
+    try:
+        return _decode(os.getxattr(real, XATTR_NAME))
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
+            return {}
+        if exc.errno == errno.ENOTDIR:
+            return {}
+        raise
+
+
+def patch(real: str, changes: PropPatch) -> None:
+    """Apply ``changes`` in order (value None removes; removing an absent name is fine)."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise NotFoundError("no such file or collection") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        props = _read_fd(fd)
+        for name, value in changes:
+            if value is None:
+                props.pop(name, None)
+            else:
+                props[name] = value
+        if not props:
+            with contextlib.suppress(OSError):
+                os.removexattr(fd, XATTR_NAME)
+            return
+        raw = json.dumps(props, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(raw) > MAX_BYTES:
+            raise NoSpaceError("too many or too large dead properties")
+        try:
+            os.setxattr(fd, XATTR_NAME, raw)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.E2BIG, errno.EDQUOT):
+                raise NoSpaceError("no room to store these dead properties") from exc
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise BackendError(
+                    "this filesystem cannot store dead properties (no user extended attributes)"
+                ) from exc
+            raise
+    finally:
+        os.close(fd)  # also releases the lock
