@@ -62,6 +62,9 @@ class ServerConfig:
 class StorageConfig:
     root: Path = Path("segate-data")
     create_parents: bool = True
+    #: DELETE of a non-empty collection without ``Depth: infinity``: False -> 409 (POSIX
+    #: rmdir, what gfal2 and XRootD expect); True -> the whole tree (RFC 4918 §9.6.1)
+    recursive_delete: bool = False
     io_chunk: int = 4 << 20
 
 
@@ -263,6 +266,7 @@ def _storage(r: _Reader) -> StorageConfig:
     s = StorageConfig(
         root=root,
         create_parents=r.get("create_parents", bool, d.create_parents),
+        recursive_delete=r.get("recursive_delete", bool, d.recursive_delete),
         io_chunk=r.integer("io_chunk", d.io_chunk, minimum=4096),
     )
     r.finish()
@@ -481,6 +485,9 @@ def file_problems(s: Settings) -> list[str]:
         need(f"tokens.issuers[{i}].jwks_file", iss.jwks_file)
     need("x509.vomsdir", s.x509.vomsdir, is_dir=True)
     need("x509.dn_map", s.x509.dn_map)
+    secret = s.macaroons.secret_file
+    if secret is not None and not secret.exists() and not secret.parent.is_dir():
+        out.append(f"macaroons.secret_file: folder {secret.parent} does not exist")
     for i, p in enumerate(s.macaroons.previous_secret_files):
         need(f"macaroons.previous_secret_files[{i}]", p)
     if s.server.cert is None:

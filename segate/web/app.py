@@ -18,15 +18,25 @@ from aiohttp import web
 from segate.auth.chain import AuthChain
 from segate.auth.jwks import KeyStore
 from segate.auth.jwt import JwtAuthenticator, default_audiences
+from segate.auth.macaroons import MacaroonAuthenticator, MacaroonKeyring
+from segate.auth.x509 import X509Authenticator
 from segate.authz.decide import Policy
 from segate.config import Settings
 from segate.dav.handlers import METHODS
-from segate.errors import NotFound, NotImplementedByServer, SegateError, UriTooLong
+from segate.errors import (
+    BadRequest,
+    NotFound,
+    NotImplementedByServer,
+    SegateError,
+    UriTooLong,
+)
 from segate.paths import MAX_PATH_BYTES, parse_url_path
 from segate.storage.base import StorageError
 from segate.storage.posix import PosixStorage
+from segate.tpc.handler import tpc_extension
 from segate.web.context import RequestContext, Services
 from segate.web.credentials import credentials_from_request
+from segate.web.macaroon_endpoint import MacaroonEndpoint
 from segate.web.middleware import AccessLog, error_response
 from segate.web.tls import client_ssl_context
 
@@ -91,6 +101,19 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.time
         clock=clock,
     )
     services.closers.append(keys.close)
+    services.auth.cert = X509Authenticator(  # client certificates, proxies, VOMS (issue #4)
+        settings.x509,
+        ca_dir=settings.server.ca_dir,
+        local_hosts=services.local_hosts,
+        clock=clock,
+    )
+    services.extensions["COPY-TPC"] = tpc_extension(services)  # third-party copy (segate/tpc)
+    mac = settings.macaroons
+    if mac.secret_file is not None:
+        keyring = MacaroonKeyring.from_files(mac.secret_file, mac.previous_secret_files)
+        mac_auth = MacaroonAuthenticator(keyring, leeway=float(tokens.leeway), clock=clock)
+        services.auth.add_bearer(mac_auth, first=True)  # macaroon shape is tested before JWT
+        services.extensions["POST"] = MacaroonEndpoint(keyring, settings, clock).handle
     return services
 
 
@@ -109,7 +132,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     try:
         if len(raw) > MAX_PATH_BYTES + 4096:
             raise UriTooLong("request target too long")
-        target = parse_url_path(raw.split("?", 1)[0].split("#", 1)[0])
+        path_part = raw.split("?", 1)[0]
+        # clients never send a fragment; an unencoded '#' in a name would target the parent
+        if "#" in path_part:
+            raise BadRequest("request target contains a fragment ('#' must be %23)")
+        target = parse_url_path(path_part)
         if target.path.is_reserved:
             raise NotFound("no such file or collection")
         creds = credentials_from_request(
