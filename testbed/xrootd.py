@@ -134,6 +134,20 @@ class XrootdSE:
     pid: int
     run: Path
     proc: subprocess.Popen[bytes]
+    #: (uid, gid) the server runs as when started by root, else None
+    owner: tuple[int, int] | None = None
+
+    def put(self, rel: str, data: bytes) -> Path:
+        """Place a file below URL path ``/data`` (folders included), readable by the server."""
+        path = self.data / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if self.owner is not None:
+            p = path
+            while p != self.data:
+                os.chown(p, *self.owner)
+                p = p.parent
+        return path
 
     @property
     def url(self) -> str:
@@ -199,8 +213,10 @@ def start_xrootd(
     seed_key_cache(run / "cache", issuer, jwks)
 
     cmd = [binary, "-c", str(run / "xrootd.cfg"), "-n", f"se{port}"]
+    owner: tuple[int, int] | None = None
     if os.geteuid() == 0:  # "Security reasons prohibit running as superuser"
         pw = pwd.getpwnam(account)
+        owner = (pw.pw_uid, pw.pw_gid)
         for dirpath, _dirs, files in os.walk(run):
             os.chown(dirpath, pw.pw_uid, pw.pw_gid)
             for f in files:
@@ -221,7 +237,7 @@ def start_xrootd(
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=run
         )
-    se = XrootdSE(port=port, pid=proc.pid, run=run, proc=proc)
+    se = XrootdSE(port=port, pid=proc.pid, run=run, proc=proc, owner=owner)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

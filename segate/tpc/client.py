@@ -92,7 +92,7 @@ class RequestSpec:
     #: headers of this request only (Range, Want-Digest, Content-Length)
     extra: dict[str, str] = field(default_factory=dict)
     #: for PUT: makes a fresh body iterator (redirects re-send the body)
-    body: Callable[[], AsyncIterable[bytes] | bytes] | None = None
+    body: Callable[[], AsyncIterable[bytes | bytearray] | bytes] | None = None
     expect100: bool = False
 
 
@@ -111,6 +111,12 @@ class HeldConnections:
 
     def __init__(self) -> None:
         self.items: list[tuple[Connection, asyncio.Transport]] = []
+
+    def add(self, conn: Connection, transport: asyncio.Transport) -> None:
+        # forget connections released to the pool: never aborted, and a long multi-stream
+        # transfer makes thousands of requests
+        self.items = [(c, t) for c, t in self.items if c.protocol is not None or t.is_closing()]
+        self.items.append((conn, transport))
 
     def abort(self) -> None:
         for conn, transport in self.items:
@@ -141,7 +147,7 @@ class _TrackingConnector(aiohttp.TCPConnector):
         conn = await super().connect(req, traces, timeout)
         held = _HELD.get()
         if held is not None and conn.transport is not None:
-            held.items.append((conn, conn.transport))
+            held.add(conn, conn.transport)
         return conn
 
 

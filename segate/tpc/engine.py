@@ -14,9 +14,13 @@ Rules (PROTOCOLS.md §4.3, §4.8-4.10; field reports B22, B24, B25, B26):
   destination and the staging file is removed (§4.9 recommendation).
 * A failing HEAD is not fatal (signed URLs often allow GET only); the GET status decides.
   ``Copy-Flags: NoHead`` skips it.
-* Multi-stream (``X-Number-Of-Streams`` > 1, remote size known and ``Accept-Ranges: bytes``):
+* Multi-stream (``X-Number-Of-Streams`` > 1, remote size known, not ``Accept-Ranges: none``):
   blocks of :data:`BLOCK` bytes (16 MiB, as XRootD) fetched by that many parallel ranged GETs
   and written at their offsets; each answer must be 206 with the matching ``Content-Range``.
+  The first ranged GET is the probe (XRootD serves ranges without ``Accept-Ranges``): answered
+  200, it is the whole file and the copy goes on as a single stream. Each block's adler32 is
+  computed as it arrives and the blocks are joined (digest.py), so verification needs no
+  second read.
 * Push (push.py): one PUT with ``Content-Length`` streamed from storage.
 * Reads and writes are pipelined in ``[storage] io_chunk`` blocks (4 MiB; streams.py): memory
   does not grow with file size; the disk write of one block overlaps the network read of the
@@ -63,6 +67,16 @@ class PullTarget:
     #: replace an existing file (Overwrite not F and the credential may overwrite)
     overwrite: bool
     make_parents: bool
+
+
+async def _drain(resp: aiohttp.ClientResponse, sink: Sink) -> None:
+    try:
+        async for data in body_chunks(resp):
+            await sink.feed(data)
+        await sink.close()
+    except BaseException:
+        await sink.cancel()
+        raise
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -156,7 +170,7 @@ class Engine:
     async def pull(self, req: TransferRequest, target: PullTarget, progress: Progress) -> None:
         size: int | None = None
         digest: str | None = None
-        ranges = False
+        ranges = True
         if not req.no_head or req.require_checksum:
             extra = {"Want-Digest": "adler32"} if req.require_checksum else {}
             spec = RequestSpec("HEAD", req.remote, req.headers, extra)
@@ -166,7 +180,8 @@ class Engine:
                 if 200 <= resp.status < 300 and resp.status != 202:
                     size = content_length(resp)
                     digest = adler32_from_digest(resp.headers.getall("Digest", []))
-                    ranges = "bytes" in resp.headers.get("Accept-Ranges", "").lower()
+                    # XRootD serves ranges without saying so; only "none" rules them out
+                    ranges = "none" not in resp.headers.get("Accept-Ranges", "").lower()
                 elif req.require_checksum:
                     raise await remote_error(resp, "HEAD")
             finally:
@@ -175,17 +190,10 @@ class Engine:
                 raise TransferFailed(
                     "the source sent no adler32 checksum (RequireChecksumVerification: true)"
                 )
-        multi = req.streams > 1 and ranges and size is not None and size > self.block
         upload = await self.storage.new_upload(target.path)
         try:
             adler: str | None
-            if multi:
-                assert size is not None
-                received, adler = await self._pull_multi(req, upload, progress, size)
-            else:
-                received, adler = await self._pull_single(
-                    req, upload, progress, size, want_adler=req.require_checksum
-                )
+            received, adler = await self._receive(req, upload, progress, size, ranges)
             if size is not None and received != size:
                 raise TransferFailed(f"received {received} bytes but the source announced {size}")
             if digest is not None and req.require_checksum and adler != digest:
@@ -202,18 +210,44 @@ class Engine:
                 await self.storage.delete(target.path)
             raise TransferFailed(f"stored file has adler32 {recorded}, received data {adler}")
 
-    async def _pull_single(
+    async def _receive(
         self,
         req: TransferRequest,
+        upload: PosixUpload,
+        progress: Progress,
+        size: int | None,
+        ranges: bool,
+    ) -> tuple[int, str | None]:
+        """One GET, or ranged GETs in parallel. The first ranged GET doubles as the probe: a
+        source that answers it 200 sends the whole file, which is then taken as it comes."""
+        want_adler = req.require_checksum
+        if not (req.streams > 1 and ranges and size is not None and size > self.block):
+            resp = await self._get(req, progress)
+            return await self._whole(resp, upload, progress, size, want_adler=want_adler)
+        first = await self._get(req, progress, 0, self.block)
+        if first.status == 200:
+            return await self._whole(first, upload, progress, size, want_adler=want_adler)
+        return await self._multi(req, upload, progress, size, first)
+
+    async def _get(
+        self, req: TransferRequest, progress: Progress, off: int = 0, n: int | None = None
+    ) -> aiohttp.ClientResponse:
+        extra = {} if n is None else {"Range": f"bytes={off}-{off + n - 1}"}
+        spec = RequestSpec("GET", req.remote, req.headers, extra)
+        resp = await self.client.request(spec, progress.peer)
+        progress.touch()
+        return resp
+
+    async def _whole(
+        self,
+        resp: aiohttp.ClientResponse,
         upload: PosixUpload,
         progress: Progress,
         size: int | None,
         *,
         want_adler: bool,
     ) -> tuple[int, str | None]:
-        resp = await self.client.request(RequestSpec("GET", req.remote, req.headers), progress.peer)
         try:
-            progress.touch()
             if resp.status != 200:
                 raise await remote_error(resp, "GET")
             length = content_length(resp)
@@ -224,13 +258,7 @@ class Engine:
                 await upload.write(data)
 
             sink = Sink(write, 0, self.chunk, progress, adler=want_adler)
-            try:
-                async for data in body_chunks(resp):
-                    await sink.feed(data)
-                await sink.close()
-            except BaseException:
-                await sink.cancel()
-                raise
+            await _drain(resp, sink)
             expected = length if length is not None else size
             if expected is not None and sink.received != expected:
                 raise TransferFailed(
@@ -240,25 +268,37 @@ class Engine:
         finally:
             resp.release()
 
-    async def _pull_multi(
-        self, req: TransferRequest, upload: PosixUpload, progress: Progress, size: int
+    async def _multi(
+        self,
+        req: TransferRequest,
+        upload: PosixUpload,
+        progress: Progress,
+        size: int,
+        first: aiohttp.ClientResponse,
     ) -> tuple[int, str]:
         block = self.block
-        offsets = iter(range(0, size, block))
+        offsets = iter(range(block, size, block))
         results: dict[int, tuple[int, int]] = {}
 
-        async def worker() -> None:
+        async def worker(resp: aiohttp.ClientResponse | None) -> None:
+            if resp is not None:
+                results[0] = (await self._range(resp, upload, progress, 0, block, size), block)
             for off in offsets:  # one shared iterator: each block is taken once
                 n = min(block, size - off)
-                results[off] = (await self._get_range(req, upload, progress, off, n, size), n)
+                part = await self._get(req, progress, off, n)
+                results[off] = (await self._range(part, upload, progress, off, n, size), n)
 
         streams = min(req.streams, (size + block - 1) // block)
+        progress.streams = streams
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(streams):
-                    tg.create_task(worker())
+                tg.create_task(worker(first))
+                for _ in range(streams - 1):
+                    tg.create_task(worker(None))
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
+        finally:
+            first.release()
         total, adler = 0, 1
         for off in sorted(results):
             value, n = results[off]
@@ -266,9 +306,9 @@ class Engine:
             total += n
         return total, adler32_hex(adler)
 
-    async def _get_range(
+    async def _range(
         self,
-        req: TransferRequest,
+        resp: aiohttp.ClientResponse,
         upload: PosixUpload,
         progress: Progress,
         off: int,
@@ -276,10 +316,7 @@ class Engine:
         size: int,
     ) -> int:
         last = off + n - 1
-        spec = RequestSpec("GET", req.remote, req.headers, {"Range": f"bytes={off}-{last}"})
-        resp = await self.client.request(spec, progress.peer)
         try:
-            progress.touch()
             if resp.status == 200:
                 raise TransferFailed("the source ignored the Range request of a multi-stream pull")
             if resp.status != 206:
@@ -288,13 +325,7 @@ class Engine:
             if resp.headers.get("Content-Range", "").strip() != want:
                 raise TransferFailed(f"the source answered a range other than {want!r}")
             sink = Sink(upload.write_at, off, self.chunk, progress, adler=True)
-            try:
-                async for data in body_chunks(resp):
-                    await sink.feed(data)
-                await sink.close()
-            except BaseException:
-                await sink.cancel()
-                raise
+            await _drain(resp, sink)
             if sink.received != n:
                 raise TransferFailed(f"range {off}-{last}: received {sink.received} of {n} bytes")
             assert sink.adler is not None

@@ -240,13 +240,14 @@ async def _stream(
         ctx.reasons.append(f"tpc {req.mode}: internal error")
     elapsed = time.monotonic() - started
     log.info(
-        "tpc %s %s %s: %d bytes in %.2f s (%.1f MB/s)",
+        "tpc %s %s %s: %d bytes in %.2f s (%.1f MB/s, %d stream(s))",
         req.mode,
         strip_query(req.remote),
         final.strip()[:200],
         progress.bytes_done,
         elapsed,
         progress.bytes_done / max(elapsed, 1e-6) / 1e6,
+        progress.streams,
     )
     with contextlib.suppress(ConnectionError):  # the outcome is decided; the client may be gone
         await resp.write(marker() + final.encode())

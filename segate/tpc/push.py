@@ -57,11 +57,11 @@ async def push(
                 raise TransferFailed("the destination exists and Overwrite is F")
             expect100 = expect100 and not _continue_is_broken(head.headers.get("Server"))
 
-        def body() -> AsyncIterator[bytes] | bytes:
+        def body() -> AsyncIterator[bytes | bytearray] | bytes:
             if size == 0:
                 return b""
 
-            async def gen() -> AsyncIterator[bytes]:
+            async def gen() -> AsyncIterator[bytes | bytearray]:
                 sent = 0
                 async for data in handle.read_range(0, size):
                     yield data

@@ -32,6 +32,8 @@ class Progress:
     clock: Callable[[], float] = time.monotonic
     bytes_done: int = 0
     remotes: list[str] = field(default_factory=list)
+    #: parallel connections used for the data (multi-stream pull)
+    streams: int = 1
     last_activity: float = field(default_factory=time.monotonic)
 
     def touch(self) -> None:

@@ -132,6 +132,27 @@ async def test_multistream_pull_uses_parallel_ranges(make_gateway: Callable[...,
         await remote.close()
 
 
+async def test_multistream_pull_from_a_source_that_ignores_ranges(
+    make_gateway: Callable[..., Any],
+) -> None:
+    dst: Gateway = await make_gateway(tpc=TPC)
+    app = dst.client.app
+    assert app is not None
+    app[SERVICES].extras["tpc"].engine.block = 1 << 20
+    data = os.urandom(3 << 20)
+    remote = await FakeRemote().start()
+    try:
+        remote.routes["/big"] = serve_bytes(data, ranges=False)  # no Accept-Ranges, always 200
+        h = pull_headers(dst, remote.url("/big"), **{"X-Number-Of-Streams": "4"})
+        res = await copy(dst, "/big", h)
+        assert res.ok, res.text
+        assert (dst.root / "big").read_bytes() == data
+        gets = [s for s in remote.seen if s.method == "GET"]
+        assert len(gets) == 1  # the probe's 200 answer was the whole file
+    finally:
+        await remote.close()
+
+
 async def test_streams_are_clamped_and_zero_means_one(pair: tuple[Gateway, Gateway]) -> None:
     src, dst = pair
     (src.root / "s").write_bytes(b"s" * 1000)

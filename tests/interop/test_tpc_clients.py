@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from segate.devissuer import DevIssuer, ensure_dev_issuer
-from segate.devpki import DevPKI
+from segate.devpki import DevPKI, issue_cert, write_cert, write_key
 from testbed import xrootd
 from tests.interop.conftest import RunningSegate, StartSegate
 
@@ -112,8 +115,8 @@ def env(
     e.assert_no_secret_in_logs()
 
 
-def put_file(root: Path, rel: str, size: int) -> bytes:
-    data = os.urandom(size)
+def put_file(root: Path, rel: str, size: int, data: bytes | None = None) -> bytes:
+    data = os.urandom(size) if data is None else data
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -223,6 +226,22 @@ class XEnv:
     user_key: Path
 
 
+USER_DN = "/DC=test/DC=segate/OU=Users/CN=TPC Test User"
+
+
+def make_user_cert(env: Env) -> tuple[Path, Path]:
+    """A client certificate from the dev CA; XRootD maps its DN to ``tbuser``."""
+    ca = x509.load_pem_x509_certificate(env.pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(env.pki.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    dn = (("DC", "test"), ("DC", "segate"), ("OU", "Users"), ("CN", "TPC Test User"))
+    cert, key = issue_cert(ca, ca_key, dn, server=False, client=True)
+    cert_path, key_path = env.tmp / "user-cert.pem", env.tmp / "user-key.pem"
+    write_cert(cert_path, cert)
+    write_key(key_path, key)
+    return cert_path, key_path
+
+
 @pytest.fixture(scope="module")
 def xenv(env: Env) -> Iterator[XEnv]:
     binary("xrootd")
@@ -240,25 +259,6 @@ def xenv(env: Env) -> Iterator[XEnv]:
         yield XEnv(env, se, user_cert, user_key)
     finally:
         se.stop(keep=False)
-
-
-USER_DN = "/DC=test/DC=segate/OU=Users/CN=TPC Test User"
-
-
-def make_user_cert(env: Env) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    from segate.devpki import issue_cert, write_cert, write_key
-
-    ca = x509.load_pem_x509_certificate(env.pki.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(env.pki.ca_key.read_bytes(), None)
-    dn = (("DC", "test"), ("DC", "segate"), ("OU", "Users"), ("CN", "TPC Test User"))
-    cert, key = issue_cert(ca, ca_key, dn, server=False, client=True)  # type: ignore[arg-type]
-    cert_path, key_path = env.tmp / "user-cert.pem", env.tmp / "user-key.pem"
-    write_cert(cert_path, cert)
-    write_key(key_path, key)
-    return cert_path, key_path
 
 
 def xrootd_transfers(x: xrootd.XrootdSE, name: str) -> int:
@@ -284,10 +284,11 @@ def test_gfal_copy_segate_and_xrootd(xenv: XEnv, mode: str, src_side: str, dst_s
     base = {"segate": (e.a.url, e.a.root), "xrootd": (x.url + "/data", x.data)}
     src_url, src_root = base[src_side]
     dst_url, dst_root = base[dst_side]
-    data = put_file(src_root, f"x/{name}.src", 5_000_000)
+    data = os.urandom(5_000_000)
     if src_side == "xrootd":
-        shutil.chown(src_root / "x", "nobody")
-        shutil.chown(src_root / "x" / f"{name}.src", "nobody")
+        x.put(f"x/{name}.src", data)
+    else:
+        put_file(src_root, f"x/{name}.src", 0, data)
     tok = e.token()
     segate_active = (mode == "pull") == (dst_side == "segate")
     before = copies_in_log(e.a, mode)
@@ -296,6 +297,27 @@ def test_gfal_copy_segate_and_xrootd(xenv: XEnv, mode: str, src_side: str, dst_s
     assert xrootd_transfers(x, name) == (0 if segate_active else 1)
     dst = dst_root / "x" / f"{name}.dst"
     assert_same(e, tok, f"{src_url}/x/{name}.src", f"{dst_url}/x/{name}.dst", data, dst)
+
+
+def test_curl_multistream_pull_from_xrootd_with_verification(xenv: XEnv) -> None:
+    """Ranged GETs (16 MiB blocks) against XRootD, its adler32 checked before commit."""
+    e, x = xenv.e, xenv.x
+    data = os.urandom(40_000_000)
+    x.put("ms/big.bin", data)
+    tok = e.token()
+    h = {
+        "Authorization": f"Bearer {tok}",
+        "Source": f"{x.url}/data/ms/big.bin",
+        "TransferHeaderAuthorization": f"Bearer {tok}",
+        "X-Number-Of-Streams": "4",
+        "RequireChecksumVerification": "true",
+    }
+    status, body = curl_copy(e, f"{e.a.url}/ms/big.bin", h)
+    assert status == 202 and MARKER.sub("", body) == "success: Created\n", body
+    assert (e.a.root / "ms" / "big.bin").read_bytes() == data
+    assert re.search(
+        r"tpc pull \S+/ms/big\.bin success: Created: 40000000 bytes .* 3 stream", e.a.log_text()
+    )
 
 
 # -- macaroons from the passive SE (gfal2 Python API, one credential per endpoint) ---------------
@@ -377,10 +399,7 @@ def test_segate_active_with_an_xrootd_macaroon(xenv: XEnv, mode: str) -> None:
     e, x = xenv.e, xenv.x
     data = put_file(e.a.root, f"mac/{mode}.bin", 2_000_000)
     if mode == "pull":  # segate pulls from XRootD
-        (x.data / "mac").mkdir(exist_ok=True)
-        (x.data / "mac" / "src.bin").write_bytes(data)
-        shutil.chown(x.data / "mac", "nobody")
-        shutil.chown(x.data / "mac" / "src.bin", "nobody")
+        x.put("mac/src.bin", data)
         src, dst = f"{x.url}/data/mac/src.bin", f"{e.a.url}/mac/pulled.bin"
         local = e.a.root / "mac" / "pulled.bin"
     else:  # segate pushes to XRootD
@@ -402,15 +421,11 @@ def test_xrootd_active_with_a_segate_macaroon(xenv: XEnv, mode: str) -> None:
         pytest.skip("segate's macaroon endpoint is not enabled yet ([macaroons] secret_file)")
     data = os.urandom(2_000_000)
     if mode == "pull":  # XRootD pulls from segate
-        put_file(e.a.root, "smac/src.bin", 0)
-        (e.a.root / "smac" / "src.bin").write_bytes(data)
+        put_file(e.a.root, "smac/src.bin", 0, data)
         src, dst = f"{e.a.url}/smac/src.bin", f"{x.url}/data/smac/pulled.bin"
         local = x.data / "smac" / "pulled.bin"
     else:  # XRootD pushes to segate
-        (x.data / "smac").mkdir(exist_ok=True)
-        (x.data / "smac" / "src.bin").write_bytes(data)
-        shutil.chown(x.data / "smac", "nobody")
-        shutil.chown(x.data / "smac" / "src.bin", "nobody")
+        x.put("smac/src.bin", data)
         src, dst = f"{x.url}/data/smac/src.bin", f"{e.a.url}/smac/pushed.bin"
         local = e.a.root / "smac" / "pushed.bin"
     creds = {f"{x.url}/": e.token(), f"{e.a.url}/": mac}
