@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from segate.devpki import DevPKI
-from tests.interop.conftest import ROOT, need, stop_pid, tls_answers, toml_dumps
+from testbed.tomlw import toml_dumps
+from tests.interop.conftest import ROOT, need, stop_pid, tls_answers
 
 pytestmark = pytest.mark.interop
 
