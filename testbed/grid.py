@@ -173,20 +173,17 @@ class Grid:
     def _start_xrootd(self) -> None:
         assert self.pki is not None and self.issuer is not None
         # the group rule of PEERS.md §3 ("/data/groups: any token whose wlcg.groups contains
-        # /testvo"); start_xrootd writes the module's AUTHFILE when it is called
-        authfile = xrootd.AUTHFILE
-        xrootd.AUTHFILE = f"g {GROUP} /data/groups r\n" + authfile
-        try:
-            se = xrootd.start_xrootd(
-                host_cert=self.pki.host_cert,
-                host_key=self.pki.host_key,
-                ca_dir=self.pki.ca_dir,
-                issuer=self.issuer.url,
-                jwks=self.issuer.issuer.keys.jwks(),
-                user_dn=USER_DN,
-            )
-        finally:
-            xrootd.AUTHFILE = authfile
+        # /testvo"), and VOMS extraction so X509 cells are judged by the proxy's VO
+        se = xrootd.start_xrootd(
+            host_cert=self.pki.host_cert,
+            host_key=self.pki.host_key,
+            ca_dir=self.pki.ca_dir,
+            issuer=self.issuer.url,
+            jwks=self.issuer.issuer.keys.jwks(),
+            user_dn=USER_DN,
+            authfile_extra=f"g {GROUP} /data/groups r\n",
+            vomsdir=self.pki.vomsdir,
+        )
         owner = getattr(se, "owner", None)
         peer = Peer("xrootd", "xrootd", se.url, se.data, se.proc, str(se.run), se.log_path, owner)
         peer.stopper = se

@@ -8,7 +8,8 @@ DEBS=(
   curl openssl
   davix
   gfal2 gfal2-util-scripts python3-gfal2-util python3-gfal2 gfal2-plugin-http gfal2-plugin-file
-  xrootd-server xrootd-server-plugins xrootd-scitokens-plugins xrootd-plugins xrootd-client
+  xrootd-server xrootd-server-plugins xrootd-scitokens-plugins xrootd-voms-plugins xrootd-plugins
+  xrootd-client
   voms-clients
   litmus
   wrk apache2-utils

@@ -188,8 +188,15 @@ def start_xrootd(
     jwks: dict[str, Any],
     user_dn: str | None = None,
     account: str = "nobody",
+    authfile_extra: str = "",
+    vomsdir: Path | None = None,
 ) -> XrootdSE:
-    """Start one SE; returns when it answers TLS. Raises RuntimeError with the log tail."""
+    """Start one SE; returns when it answers TLS. Raises RuntimeError with the log tail.
+
+    ``authfile_extra`` lines go before the default Authfile rule (first match wins).
+    ``vomsdir`` turns on VOMS extraction (``libXrdVoms``, PEERS.md §3): then any proxy whose
+    AC carries VO ``testvo`` may do everything below ``/data`` (``o testvo``).
+    """
     binary = xrootd_binary()
     if binary is None:
         raise RuntimeError("xrootd is not installed (Debian: xrootd-server)")
@@ -204,12 +211,19 @@ def start_xrootd(
     secret = base64.b64encode(secrets.token_bytes(64)).decode()
     (run / "macaroon-secret").write_text(secret + "\n")
     os.chmod(run / "macaroon-secret", 0o400)
-    (run / "Authfile").write_text(AUTHFILE)
+    voms_rule = ""
+    if vomsdir is not None:
+        shutil.copytree(vomsdir, run / "vomsdir", symlinks=False)
+        voms_rule = "o testvo /data a\n"
+    (run / "Authfile").write_text(authfile_extra + voms_rule + AUTHFILE)
     (run / "grid-mapfile").write_text(f'"{user_dn}" tbuser\n' if user_dn else "")
     (run / "scitokens.cfg").write_text(
         SCITOKENS.format(port=port, audience=AUDIENCE, issuer=issuer)
     )
-    (run / "xrootd.cfg").write_text(CONFIG.format(port=port, xrd_port=xrd_port, run=run))
+    config = CONFIG.format(port=port, xrd_port=xrd_port, run=run)
+    if vomsdir is not None:
+        config += "http.secxtractor libXrdVoms.so\n"
+    (run / "xrootd.cfg").write_text(config)
     seed_key_cache(run / "cache", issuer, jwks)
 
     cmd = [binary, "-c", str(run / "xrootd.cfg"), "-n", f"se{port}"]
@@ -233,6 +247,8 @@ def start_xrootd(
         X509_CERT_DIR=str(run / "certificates"),
         HOME=str(run),
     )
+    if vomsdir is not None:
+        env["X509_VOMS_DIR"] = str(run / "vomsdir")
     with open(run / "xrootd.log", "wb") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=run
