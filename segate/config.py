@@ -43,6 +43,8 @@ class ServerConfig:
     max_header_size: int = 16384
     max_body_xml: int = 1 << 20  # PROPFIND / JSON bodies
     drain_timeout: float = 30.0
+    #: concurrent connections from one client address; more get 429 (0 = no limit)
+    max_connections_per_client: int = 256
 
     @property
     def listen(self) -> str:
@@ -66,6 +68,9 @@ class StorageConfig:
     #: rmdir, what gfal2 and XRootD expect); True -> the whole tree (RFC 4918 §9.6.1)
     recursive_delete: bool = False
     io_chunk: int = 4 << 20
+    #: stat/open/xattr reads on the event loop (fast on a local filesystem); false puts them in
+    #: the executor, for filesystems where a stat can block (NFS, FUSE)
+    metadata_in_loop: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +255,9 @@ def _server(r: _Reader) -> ServerConfig:
         max_header_size=r.integer("max_header_size", d.max_header_size, minimum=1024),
         max_body_xml=r.integer("max_body_xml", d.max_body_xml, minimum=1024),
         drain_timeout=r.number("drain_timeout", d.drain_timeout),
+        max_connections_per_client=r.integer(
+            "max_connections_per_client", d.max_connections_per_client
+        ),
     )
     if (s.cert is None) != (s.key is None):
         r.bad("cert", "cert and key must be given together")
@@ -268,6 +276,7 @@ def _storage(r: _Reader) -> StorageConfig:
         create_parents=r.get("create_parents", bool, d.create_parents),
         recursive_delete=r.get("recursive_delete", bool, d.recursive_delete),
         io_chunk=r.integer("io_chunk", d.io_chunk, minimum=4096),
+        metadata_in_loop=r.get("metadata_in_loop", bool, d.metadata_in_loop),
     )
     r.finish()
     return s

@@ -125,3 +125,10 @@ class BadGateway(SegateError):
 
 class ServiceUnavailable(SegateError):
     status = 503
+
+
+class TooManyConnections(SegateError):
+    """More connections from one client address than ``[server] max_connections_per_client``."""
+
+    status = 429
+    close_connection = True

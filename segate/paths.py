@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from segate.errors import BadRequest
+from segate.errors import BadRequest, UriTooLong
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 #: a path segment the gateway keeps for itself (staging area, metadata); never reachable
@@ -30,6 +30,10 @@ MAX_PATH_BYTES = 4096
 
 class PathError(ValueError):
     """A path that cannot be accepted; the message says why."""
+
+
+class PathTooLong(PathError):
+    """Longer than MAX_PATH_BYTES (a request path: 414)."""
 
 
 def _pct_decode(segment: str) -> str:
@@ -152,8 +156,12 @@ class RequestPath:
 
 def parse_url_path(raw: str) -> RequestPath:
     """Parse the path part of a request target (query already removed). Raises BadRequest."""
+    if len(raw) > MAX_PATH_BYTES:  # before any work; in bytes below
+        raise UriTooLong(f"request path longer than {MAX_PATH_BYTES} bytes")
     try:
         return _parse_url_path(raw)
+    except PathTooLong as exc:
+        raise UriTooLong(f"request path longer than {MAX_PATH_BYTES} bytes") from exc
     except PathError as exc:
         raise BadRequest(f"bad request path: {exc}") from exc
 
@@ -162,7 +170,7 @@ def _parse_url_path(raw: str) -> RequestPath:
     if any(0xD800 <= ord(c) <= 0xDFFF for c in raw):
         raise PathError("path is not valid UTF-8")
     if len(raw.encode("utf-8")) > MAX_PATH_BYTES:
-        raise PathError("path too long")
+        raise PathTooLong("path too long")
     if not raw.startswith("/"):
         raise PathError("path must be absolute")
     trailing = raw.endswith("/") and raw != "/"

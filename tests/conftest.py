@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from segate.config import Settings, settings_from_dict
 from segate.devissuer import DevIssuer, ensure_dev_issuer
-from segate.web.app import create_app
-from testbed.pki import TestPKI, build_test_pki
+from segate.web.app import create_app, install_connection_limit
+from testbed.pki import TestPKI
+from tests.grid_pki import shared_grid_pki
+from tests.secrets import SecretWatch, watch_app
 
 ISSUER = "https://issuer.test.invalid/"
 AUDIENCE = "https://localhost:8443"
@@ -85,8 +87,14 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         root.mkdir()
         settings = settings_from_dict(base_config(root, issuer.jwks_file, **overrides), tmp_path)
         app = create_app(settings)
-        client = TestClient(TestServer(app))
+        watch_app(app)
+        limit = settings.server.max_header_size  # as segate.web.server configures the runner
+        server = TestServer(app)
+        await server.start_server(max_field_size=limit, max_line_size=limit)
+        client = TestClient(server)
         await client.start_server()
+        assert client.server.runner is not None and client.server.runner.server is not None
+        install_connection_limit(app, client.server.runner.server)
         clients.append(client)
         return Gateway(client, root, issuer, settings)
 
@@ -112,6 +120,15 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
 
 
 @pytest.fixture(scope="session")
-def grid_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+def grid_pki() -> TestPKI:
     """The X509/VOMS test PKI (testbed/pki.py: CA dir, user/VOMS certs, proxies), made once."""
-    return build_test_pki(tmp_path_factory.mktemp("grid-pki"))
+    return shared_grid_pki()
+
+
+@pytest.fixture(autouse=True)
+def secret_watch() -> Iterator[SecretWatch]:
+    """Issue #8: every token and macaroon a test mints must never reach a log line, an error
+    body or a ``Location`` header (B09). Checked after every test."""
+    with SecretWatch() as watch:
+        yield watch
+    watch.assert_clean()

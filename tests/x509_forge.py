@@ -30,7 +30,9 @@ from segate.auth.vomsac import (
     TARGETS_OID,
 )
 from segate.auth.x509 import PPL_INHERIT_ALL, PROXY_CERT_INFO_OID
+from tests.grid_pki import shared_grid_pki
 
+shared_grid_pki()  # build the session's PKI first: its ACs must not start after NOW
 NOW = dt.datetime.now(dt.UTC)
 SHA256_RSA = "1.2.840.113549.1.1.11"
 SHA1_RSA = "1.2.840.113549.1.1.5"

@@ -176,7 +176,12 @@ class JwtAuthenticator:
                 self._cache.move_to_end(digest)
                 return hit.principal
             del self._cache[digest]
-        principal, until = await self._verify(token)
+        try:
+            principal, until = await self._verify(token)
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+            # a claim or header of a type no check above expected: the token is malformed (401),
+            # never a 500 (issue #8 fuzzing found ``"ver": []``); the type names the gap
+            raise Unauthenticated(f"malformed token ({type(exc).__name__})") from None
         if self._tokens.cache_size > 0:
             self._cache[digest] = _Cached(principal, until)
             while len(self._cache) > self._tokens.cache_size:
@@ -210,10 +215,10 @@ class JwtAuthenticator:
 
     async def _key(self, header: dict[str, Any], issuer: IssuerConfig) -> IssuerKey:
         alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
             raise Unauthenticated(f"algorithm {q(alg)} not allowed")
         typ = header.get("typ")
-        if typ is not None and typ not in _TYPES:
+        if typ is not None and (not isinstance(typ, str) or typ not in _TYPES):
             raise Unauthenticated(f"token type {q(typ)} not accepted")
         if "crit" in header:
             raise Unauthenticated("critical header parameters are not supported")
@@ -267,7 +272,7 @@ class JwtAuthenticator:
                 raise Unauthenticated(f"unsupported wlcg.ver {q(wv)}")
         if "ver" in c:
             v = c["ver"]
-            if v not in _SCITOKENS_VERS:
+            if not isinstance(v, str) or v not in _SCITOKENS_VERS:  # a list is unhashable
                 raise Unauthenticated(f"unsupported SciTokens ver {q(v)}")
             return v in _SCITOKENS_2
         if "wlcg.ver" not in c and issuer.profile == "wlcg":

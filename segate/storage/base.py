@@ -69,6 +69,10 @@ class BackendError(StorageError):
     pass
 
 
+class UnavailableError(BackendError):
+    """The storage cannot be read or written at all (EACCES, EIO, EROFS): 503, not 500."""
+
+
 #: checksum algorithms the storage can compute: adler32 (8 hex), md5 (base64), crc32c (8 hex)
 ALGORITHMS = ("adler32", "md5", "crc32c")
 

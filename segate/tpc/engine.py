@@ -254,17 +254,17 @@ class Engine:
             if size is not None and length is not None and length != size:
                 raise TransferFailed(f"the source size changed: HEAD said {size}, GET {length}")
 
-            async def write(_pos: int, data: bytes) -> None:
-                await upload.write(data)
+            async def write(_pos: int, parts: list[bytes]) -> None:
+                await upload.write_parts(parts)  # one writev; the upload keeps the adler32
 
-            sink = Sink(write, 0, self.chunk, progress, adler=want_adler)
+            sink = Sink(write, 0, self.chunk, progress, adler=False)
             await _drain(resp, sink)
             expected = length if length is not None else size
             if expected is not None and sink.received != expected:
                 raise TransferFailed(
                     f"the source sent {sink.received} bytes but announced {expected}"
                 )
-            return sink.received, None if sink.adler is None else adler32_hex(sink.adler)
+            return sink.received, upload.adler32 if want_adler else None
         finally:
             resp.release()
 
@@ -324,7 +324,11 @@ class Engine:
             want = f"bytes {off}-{last}/{size}"
             if resp.headers.get("Content-Range", "").strip() != want:
                 raise TransferFailed(f"the source answered a range other than {want!r}")
-            sink = Sink(upload.write_at, off, self.chunk, progress, adler=True)
+
+            async def write_at(pos: int, parts: list[bytes]) -> None:
+                await upload.write_at(pos, parts[0] if len(parts) == 1 else b"".join(parts))
+
+            sink = Sink(write_at, off, self.chunk, progress, adler=True)
             await _drain(resp, sink)
             if sink.received != n:
                 raise TransferFailed(f"range {off}-{last}: received {sink.received} of {n} bytes")

@@ -49,47 +49,62 @@ class Progress:
             self.remotes.append(ep)
 
 
-Writer = Callable[[int, bytes], Awaitable[None]]
+#: writes the pieces of one block at a file offset (pieces as received: no join, no copy)
+Writer = Callable[[int, list[bytes]], Awaitable[None]]
+
+
+def _adler_parts(parts: list[bytes], value: int) -> int:
+    for part in parts:
+        value = zlib.adler32(part, value)
+    return value
 
 
 class Sink:
-    """Buffers network data into large blocks; writes each while the next one arrives."""
+    """Buffers network data into large blocks; writes each while the next one arrives.
+
+    ``adler=True`` computes adler32 here, for writers that cannot (positional writes of a
+    multi-stream pull); a sequential writer into an Upload gets it from the Upload itself.
+    """
 
     def __init__(self, write: Writer, base: int, chunk: int, progress: Progress, *, adler: bool):
         self._write = write
         self._pos = base
         self._chunk = chunk
         self._progress = progress
-        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self._buffered = 0
         self._pending: asyncio.Task[None] | None = None
         self.adler: int | None = 1 if adler else None
         self.received = 0
 
     async def feed(self, data: bytes) -> None:
-        self._buf += data
+        self._parts.append(data)
+        self._buffered += len(data)
         self.received += len(data)
         self._progress.touch()
-        if len(self._buf) >= self._chunk:
+        if self._buffered >= self._chunk:
             await self._flush()
 
     async def _flush(self) -> None:
         if self._pending is not None:
             await self._pending
             self._pending = None
-        if self._buf:
-            block, self._buf = bytes(self._buf), bytearray()
-            pos, self._pos = self._pos, self._pos + len(block)
-            self._pending = asyncio.ensure_future(self._store(pos, block))
+        if self._parts:
+            parts, size = self._parts, self._buffered
+            self._parts, self._buffered = [], 0
+            pos, self._pos = self._pos, self._pos + size
+            self._pending = asyncio.ensure_future(self._store(pos, parts, size))
 
-    async def _store(self, pos: int, block: bytes) -> None:
+    async def _store(self, pos: int, parts: list[bytes], size: int) -> None:
         if self.adler is None:
-            await self._write(pos, block)
+            await self._write(pos, parts)
         else:
             loop = asyncio.get_running_loop()
             _, self.adler = await asyncio.gather(
-                self._write(pos, block), loop.run_in_executor(None, zlib.adler32, block, self.adler)
+                self._write(pos, parts),
+                loop.run_in_executor(None, _adler_parts, parts, self.adler),
             )
-        self._progress.advance(len(block))
+        self._progress.advance(size)
 
     async def close(self) -> None:
         await self._flush()

@@ -55,6 +55,7 @@ from segate.web.body import read_limited
 from segate.web.context import RequestContext
 
 MEDIA_TYPE = "application/macaroon-request"
+#: a macaroon request is a few hundred bytes; also bounded by ``[server] max_body_xml``
 MAX_BODY = 64 * 1024
 DEFAULT_VALIDITY = 86400.0
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
@@ -236,7 +237,8 @@ class MacaroonEndpoint:
         if expect == "100-continue" and request.version >= (1, 1):
             # answered only now, after authentication (aiohttp's own answer is switched off)
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        req = parse_request(await read_limited(request, MAX_BODY))
+        limit = min(MAX_BODY, self.settings.server.max_body_xml)
+        req = parse_request(await read_limited(request, limit))
         now = self.clock()
         b = bound(
             principal,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ _STORAGE_STATUS: dict[type[sb.StorageError], int] = {
     sb.NoSpaceError: 507,
     sb.EscapeError: 403,
     sb.InvalidTargetError: 409,
+    sb.UnavailableError: 503,
     sb.BackendError: 500,
 }
 
@@ -51,6 +53,11 @@ def error_response(exc: BaseException) -> tuple[web.Response, str]:
     return resp, msg
 
 
+#: a value with one of these is written as a JSON string (one regex search per field: the
+#: generator it replaces cost more than the rest of a HEAD request's logging)
+_NEEDS_QUOTES = re.compile(r'[ "=]')
+
+
 class AccessLog:
     def __init__(self, fmt: str) -> None:
         self.json = fmt == "json"
@@ -64,8 +71,8 @@ class AccessLog:
             return
         parts = []
         for k, v in fields.items():
-            s = str(v)
-            if not s or any(c in s for c in ' "='):
+            s = v if isinstance(v, str) else str(v)
+            if not s or _NEEDS_QUOTES.search(s):
                 s = json.dumps(s)
             parts.append(f"{k}={s}")
         access_log.info(" ".join(parts))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from segate.config import Settings
-from segate.web.app import create_app
+from segate.web.app import CONN_LIMIT, create_app, install_connection_limit
 from segate.web.tls import server_ssl_context
 
 log = logging.getLogger("segate")
@@ -32,6 +32,27 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
 
 
+#: seconds the requests still running at the drain deadline get to clean up once cancelled
+CANCEL_GRACE = 1.0
+
+
+async def drain(runner: web.AppRunner, app: web.Application, timeout: float) -> None:
+    """Stop accepting connections, then wait up to ``timeout`` for running requests to finish.
+
+    aiohttp's own shutdown marks every connection closing first, after which it reads no more
+    request bytes, so an upload in flight could never complete within the drain (issue #8):
+    the listening sockets are closed here and the open connections keep being served.
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while app[CONN_LIMIT].active > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if app[CONN_LIMIT].active:
+        log.warning("drain deadline: aborting %d running requests", app[CONN_LIMIT].active)
+
+
 async def serve_forever(settings: Settings, *, reuse_port: bool = False) -> None:
     srv = settings.server
     assert srv.cert is not None and srv.key is not None
@@ -43,9 +64,11 @@ async def serve_forever(settings: Settings, *, reuse_port: bool = False) -> None
         handle_signals=False,
         max_field_size=srv.max_header_size,
         max_line_size=srv.max_header_size,
-        shutdown_timeout=srv.drain_timeout,
+        shutdown_timeout=CANCEL_GRACE,  # after our own drain (below): cancel what is left
     )
     await runner.setup()
+    assert runner.server is not None
+    install_connection_limit(app, runner.server)
     site = web.TCPSite(
         runner, srv.host, srv.port, ssl_context=ssl_ctx, reuse_port=reuse_port, backlog=1024
     )
@@ -57,6 +80,7 @@ async def serve_forever(settings: Settings, *, reuse_port: bool = False) -> None
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: draining requests for up to %.0f s", srv.drain_timeout)
+    await drain(runner, app, srv.drain_timeout)
     await runner.cleanup()
 
 

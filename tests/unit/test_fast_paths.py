@@ -1,0 +1,94 @@
+"""The performance fast paths keep the old semantics (issue #7).
+
+* ``_resolve`` (O_PATH + /proc/self/fd) answers exactly what ``os.path.realpath`` answers, for
+  plain paths, symlinks inside and outside the root, and dangling links (fallback).
+* ``send_range`` (page-cached reads on the loop) yields the same bytes as ``read_range``.
+* ``write_parts`` (one writev per chunk) stores the same bytes and adler32 as ``write``, and an
+  aborted upload refuses further writes instead of touching a closed descriptor.
+* The benchmark's ratio is "how many times as good segate is" in both directions.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+
+from segate.paths import LogicalPath
+from segate.storage.base import BackendError, EscapeError
+from segate.storage.posix import PosixStorage, _resolve
+from testbed.bench.report import Results
+
+
+def test_resolve_matches_realpath(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x")
+    os.symlink(tmp_path / "d", tmp_path / "link")
+    os.symlink("/etc", tmp_path / "out")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    for p in ("d", "d/f", "link", "link/f", "out", "dangling"):
+        full = str(tmp_path / p)
+        assert _resolve(full) == os.path.realpath(full), p
+
+
+def test_confinement_still_refuses_escaping_links(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink("/etc", root / "out")
+    st = PosixStorage(root)
+    with pytest.raises(EscapeError):
+        st._confined(LogicalPath(("out", "passwd")))
+    with pytest.raises(EscapeError):
+        st._confined(LogicalPath(("out", "no", "such")))
+
+
+async def test_send_range_equals_read_range(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    (tmp_path / "f").write_bytes(data)
+    st = PosixStorage(tmp_path, chunk=1 << 20, read_chunk=256 << 10)
+    h = await st.open_read(LogicalPath(("f",)))
+    try:
+        sent = b"".join([bytes(c) async for c in h.send_range(5, len(data) - 10)])
+        read = b"".join([c async for c in h.read_range(5, len(data) - 10)])
+        assert sent == read == data[5:-5]
+        assert max([len(c) async for c in h.send_range(0, len(data))]) == 256 << 10
+    finally:
+        await h.close()
+
+
+async def test_write_parts_same_bytes_and_checksum(tmp_path: Path) -> None:
+    st = PosixStorage(tmp_path)
+    st.prepare()
+    parts = [os.urandom(n) for n in (1, 0, 16384, 70000, 3)] * 300  # > IOV_MAX pieces
+    up = await st.new_upload(LogicalPath(("f",)))
+    await up.write_parts(parts[:700])
+    await up.write_parts(parts[700:])
+    assert await up.commit(overwrite=True, make_parents=False)
+    body = b"".join(parts)
+    assert (tmp_path / "f").read_bytes() == body
+    assert await st.checksum(LogicalPath(("f",)), "adler32") == f"{zlib.adler32(body):08x}"
+
+
+async def test_aborted_upload_refuses_writes(tmp_path: Path) -> None:
+    st = PosixStorage(tmp_path)
+    st.prepare()
+    up = await st.new_upload(LogicalPath(("f",)))
+    await up.abort()
+    with pytest.raises(BackendError):
+        await up.write_parts([b"late"])
+    assert not (tmp_path / "f").exists()
+
+
+def test_bench_ratio_direction() -> None:
+    r = Results()
+    up = r.metric("get", "GET", "MB/s")
+    down = r.metric("p99", "p99", "ms", higher_better=False)
+    for v in (100.0, 300.0, 200.0):
+        up.add("segate", v)
+        down.add("segate", v)
+    up.add("xrootd", 100.0)
+    down.add("xrootd", 100.0)
+    assert up.ratio() == 2.0 and down.ratio() == 0.5
+    assert "2.00" in r.summary() and "0.50" in r.summary()
