@@ -62,7 +62,15 @@ def _pct_decode(segment: str) -> str:
         raise PathError("percent-escapes are not valid UTF-8") from exc
 
 
+#: longest name a POSIX filesystem takes (NAME_MAX); longer is a client error, not ENAMETOOLONG
+MAX_SEGMENT_BYTES = 255
+
+
 def _check_segment_chars(seg: str) -> None:
+    if len(seg) > MAX_SEGMENT_BYTES // 4 and len(seg.encode("utf-8", "surrogatepass")) > (
+        MAX_SEGMENT_BYTES
+    ):
+        raise PathError(f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes")
     for ch in seg:
         if ch == "/" or ch == "\\":
             raise PathError("encoded path separator in a segment")

@@ -376,7 +376,8 @@ class PosixStorage:
         #: stat/open/xattr reads on the event loop (a local filesystem answers from the inode
         #: cache in microseconds; an executor hop costs tens) instead of in the executor
         self.metadata_in_loop = metadata_in_loop
-        self.staging = os.path.join(self.root, RESERVED_SEGMENT, "tmp")
+        self.reserved = os.path.join(self.root, RESERVED_SEGMENT)
+        self.staging = os.path.join(self.reserved, "tmp")
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> int:
@@ -417,6 +418,9 @@ class PosixStorage:
         resolved = _resolve(probe)
         if resolved != self.root and not resolved.startswith(self.root + os.sep):
             raise EscapeError("path leaves the storage root")
+        if resolved == self.reserved or resolved.startswith(self.reserved + os.sep):
+            # a symlink inside the root that leads into the staging area
+            raise EscapeError("path leads into the gateway's reserved area")
 
     def _confined(self, path: LogicalPath) -> str:
         real = self._real(path)
@@ -529,15 +533,32 @@ class PosixStorage:
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
-    def _move_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
-        if dst.is_within(src):
-            raise InvalidTargetError("cannot move a resource into itself")
+    def _transfer_targets(self, src: LogicalPath, dst: LogicalPath) -> tuple[str, str, bool]:
+        """Checks shared by MOVE and COPY; returns (real src, real dst, dst existed).
+
+        Neither end may contain the other - logically or through symlinks: replacing an
+        ancestor of the source (the root included) would delete the source's whole tree
+        before the rename, and copying into itself never ends.
+        """
+        if dst.is_root or dst.is_within(src) or src.is_within(dst):
+            raise InvalidTargetError("source and destination may not contain each other")
         rsrc, rdst = self._confined(src), self._confined(dst)
         if not os.path.lexists(rsrc):
             raise NotFoundError("source does not exist")
-        if not os.path.isdir(os.path.dirname(rdst)):
+        parent = os.path.dirname(rdst)
+        if not os.path.isdir(parent):
             raise ParentMissingError("destination parent collection does not exist")
-        existed = os.path.lexists(rdst)
+        real_src = _resolve(rsrc) if os.path.isdir(rsrc) else rsrc
+        real_dst = os.path.join(_resolve(parent), os.path.basename(rdst))
+        if os.path.lexists(real_dst) and os.path.isdir(real_dst) and not os.path.islink(rdst):
+            real_dst = _resolve(real_dst)
+        for a, b in ((real_src, real_dst), (real_dst, real_src)):
+            if a == b or a.startswith(b.rstrip(os.sep) + os.sep):
+                raise InvalidTargetError("source and destination may not contain each other")
+        return rsrc, rdst, os.path.lexists(rdst)
+
+    def _move_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
+        rsrc, rdst, existed = self._transfer_targets(src, dst)
         if existed:
             if not overwrite:
                 raise ExistsError("destination exists")
@@ -555,14 +576,7 @@ class PosixStorage:
             raise _map_oserror(exc) from exc
 
     def _copy_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
-        if dst.is_within(src):
-            raise InvalidTargetError("cannot copy a resource into itself")
-        rsrc, rdst = self._confined(src), self._confined(dst)
-        if not os.path.lexists(rsrc):
-            raise NotFoundError("source does not exist")
-        if not os.path.isdir(os.path.dirname(rdst)):
-            raise ParentMissingError("destination parent collection does not exist")
-        existed = os.path.lexists(rdst)
+        rsrc, rdst, existed = self._transfer_targets(src, dst)
         if existed and not overwrite:
             raise ExistsError("destination exists")
         tmp = os.path.join(self.staging, secrets.token_hex(12))

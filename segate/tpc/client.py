@@ -123,7 +123,8 @@ class HeldConnections:
             if conn.protocol is not None or transport.is_closing():
                 sock = transport.get_extra_info("socket")
                 if sock is not None:  # RST: do not leave unsent data queued in the kernel
-                    with contextlib.suppress(OSError):
+                    # uvloop hands out a closed socket object (fd -1 -> ValueError)
+                    with contextlib.suppress(OSError, ValueError):
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 transport.abort()
         self.items.clear()

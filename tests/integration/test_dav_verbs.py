@@ -393,3 +393,76 @@ async def test_groups_token_judged_by_rules(make_gateway: Any) -> None:
     assert (await gw.client.put("/wlcg/protected/g", data=b"x", headers=ok)).status == 403
     other = gw.bearer(None, groups=["/wlcg/sub"])
     assert (await gw.client.get("/wlcg/protected/f", headers=other)).status == 403
+
+
+# -- newcomer findings: MOVE/COPY onto an ancestor, links into .segate, long names -----------
+
+
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+async def test_move_or_copy_onto_an_ancestor_deletes_nothing(gw: Gateway, method: str) -> None:
+    (gw.root / "d").mkdir()
+    (gw.root / "d" / "f").write_bytes(b"f")
+    (gw.root / "other").mkdir()
+    (gw.root / "other" / "keep").write_bytes(b"keep")
+    (gw.root / "p" / "q").mkdir(parents=True)
+    (gw.root / "p" / "sibling").write_bytes(b"s")
+    base = str(gw.client.make_url(""))
+    h = gw.bearer("storage.read:/ storage.modify:/")
+    for src, dst in (("/d", f"{base}/"), ("/d", "/"), ("/p/q", "/p"), ("/p/q", "/p/")):
+        r = await gw.client.request(method, src, headers={**h, "Destination": dst})
+        assert r.status in (403, 409), (src, dst, r.status)
+    assert (gw.root / "other" / "keep").read_bytes() == b"keep"
+    assert (gw.root / "d" / "f").read_bytes() == b"f"
+    assert (gw.root / "p" / "sibling").read_bytes() == b"s"
+    assert (gw.root / ".segate" / "tmp").is_dir()
+
+
+async def test_move_onto_a_link_to_an_ancestor_replaces_the_link_only(gw: Gateway) -> None:
+    (gw.root / "a" / "b").mkdir(parents=True)
+    (gw.root / "a" / "b" / "f").write_bytes(b"f")
+    (gw.root / "a" / "keep").write_bytes(b"k")
+    os.symlink(gw.root / "a", gw.root / "alias")
+    h = gw.bearer("storage.read:/ storage.modify:/")
+    r = await gw.client.request("MOVE", "/a/b", headers={**h, "Destination": "/alias"})
+    # the link itself is replaced (never its target): nothing of /a is lost
+    assert r.status == 204
+    assert not (gw.root / "alias").is_symlink()
+    assert (gw.root / "alias" / "f").read_bytes() == b"f"
+    assert (gw.root / "a" / "keep").read_bytes() == b"k"
+    # through the link, an ancestor is refused
+    os.symlink(gw.root / "a", gw.root / "alias2")
+    (gw.root / "a" / "c").mkdir()
+    r = await gw.client.request("MOVE", "/alias2/c", headers={**h, "Destination": "/alias2"})
+    assert r.status in (403, 409)
+    # logically unrelated, but /alias2/c really lives inside /a: replacing /a would delete it
+    r = await gw.client.request("MOVE", "/alias2/c", headers={**h, "Destination": "/a"})
+    assert r.status in (403, 409)
+    assert (gw.root / "a" / "keep").read_bytes() == b"k"
+    assert (gw.root / "a" / "c").is_dir()
+
+
+async def test_symlink_into_the_reserved_area_is_refused(gw: Gateway) -> None:
+    (gw.root / "d").mkdir()
+    os.symlink(gw.root / ".segate", gw.root / "d" / "lnstate")
+    h = gw.bearer(RW)
+    r = await gw.client.request("PROPFIND", "/d/lnstate/", headers={**h, "Depth": "1"})
+    assert r.status == 403
+    assert await put(gw, "/d/lnstate/tmp/planted", b"x") == 403
+    r = await gw.client.request("MKCOL", "/d/lnstate/new", headers=h)
+    assert r.status == 403
+    assert not (gw.root / ".segate" / "tmp" / "planted").exists()
+    r = await gw.client.request("PROPFIND", "/d/", headers={**h, "Depth": "1"})
+    assert b"lnstate" not in await r.read()
+
+
+async def test_overlong_name_is_400_not_500(gw: Gateway) -> None:
+    name = "a" * 300
+    h = gw.bearer(RW)
+    assert (await gw.client.get(f"/{name}", headers=h)).status == 400
+    assert await put(gw, f"/{name}", b"x") == 400
+    assert (await gw.client.request("MKCOL", f"/{name}", headers=h)).status == 400
+    (gw.root / "f").write_bytes(b"1")
+    r = await gw.client.request("MOVE", "/f", headers={**h, "Destination": f"/{name}"})
+    assert r.status == 400
+    ok = "é" * 127  # 254 bytes: still a valid name
+    assert await put(gw, f"/{ok}", b"x") == 201

@@ -202,6 +202,7 @@ def test_curl_copy_shows_202_markers_and_final_line(env: Env) -> None:
     assert status == 400
     status, _ = curl_copy(env, f"{env.b.url}/curl/dst.bin", {**h, "Overwrite": "F"})
     assert status == 412
+    assert "Traceback" not in env.b.log_text() and "internal error" not in env.b.log_text()
 
 
 # -- gfal-copy between two gateways -------------------------------------------------------------
