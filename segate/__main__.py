@@ -11,6 +11,7 @@ from pathlib import Path
 
 from segate.config import ConfigError, Settings, file_problems, load_settings, settings_from_dict
 from segate.defaults import data_dir, prepare_default, state_dir
+from segate.web.redact import install_log_filter
 
 log = logging.getLogger("segate")
 
@@ -24,6 +25,7 @@ def _setup_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    install_log_filter()  # aiohttp's parser errors: no traceback, no raw request bytes (B09)
 
 
 def _settings_for(args: argparse.Namespace) -> tuple[Settings, bool]:
@@ -64,16 +66,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if is_default:
         print(_banner(settings), flush=True)
-    from segate.web.server import run
+    from segate.web.server import ListenError, run
 
-    return run(settings)
+    try:
+        return run(settings)
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_token(args: argparse.Namespace) -> int:
     from segate.defaults import DEV_ISSUER
     from segate.devissuer import ensure_dev_issuer
 
-    dev = ensure_dev_issuer(state_dir(), DEV_ISSUER)
+    state = state_dir()
+    if not (state / "issuer-es256.key").exists():
+        # a new key here is one no running server trusts: say where it went and how to point
+        # at the server's state folder instead of minting a useless token silently
+        print(
+            f"warning: no dev state in {state}; created a new dev issuer key there. A server "
+            "started elsewhere will not accept this token: run `segate token` from the "
+            "folder where `segate serve` runs, or set SEGATE_STATE to its state folder.",
+            file=sys.stderr,
+        )
+    dev = ensure_dev_issuer(state, DEV_ISSUER)
     aud: str | list[str] = args.aud or "https://localhost:8443"
     if isinstance(aud, str) and " " in aud:
         aud = aud.split()

@@ -45,6 +45,8 @@ class ServerConfig:
     drain_timeout: float = 30.0
     #: concurrent connections from one client address; more get 429 (0 = no limit)
     max_connections_per_client: int = 256
+    #: entries one Depth-1 PROPFIND may list; a bigger folder gets 507 (bounded response size)
+    max_propfind_entries: int = 100000
 
     @property
     def listen(self) -> str:
@@ -258,6 +260,7 @@ def _server(r: _Reader) -> ServerConfig:
         max_connections_per_client=r.integer(
             "max_connections_per_client", d.max_connections_per_client
         ),
+        max_propfind_entries=r.integer("max_propfind_entries", d.max_propfind_entries, minimum=1),
     )
     if (s.cert is None) != (s.key is None):
         r.bad("cert", "cert and key must be given together")
@@ -476,6 +479,42 @@ def load_settings(path: Path) -> Settings:
     return settings_from_dict(data, path.resolve().parent, source=path)
 
 
+def _key_mismatch(cert: Path, key: Path) -> bool:
+    """True if both files parse and the key's public half is not the certificate's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        pub = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+        priv = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError):
+        return False
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pub.public_bytes(*fmt) != priv.public_key().public_bytes(*fmt)
+
+
+def _cert_key_problems(cert: Path, key: Path) -> list[str]:
+    """Load the pair as the server will: an unreadable file, a file that is not PEM or a key
+    that does not match the certificate is found by ``check-config``, not at first start."""
+    import ssl
+
+    for name, p in (("server.cert", cert), ("server.key", key)):
+        try:
+            with p.open("rb"):
+                pass
+        except OSError as exc:
+            return [f"{name}: {p} cannot be read ({exc.strerror})"]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        if _key_mismatch(cert, key):
+            return [f"server.key: {key} does not match the certificate {cert}"]
+        why = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        return [f"server.cert/server.key: cannot load {cert} with {key} ({why})"]
+    return []
+
+
 def file_problems(s: Settings) -> list[str]:
     """Checks that need the filesystem (run by ``check-config`` and at start-up)."""
     out: list[str] = []
@@ -501,6 +540,8 @@ def file_problems(s: Settings) -> list[str]:
         need(f"macaroons.previous_secret_files[{i}]", p)
     if s.server.cert is None:
         out.append("server.cert: is required (segate serves HTTPS only)")
+    elif s.server.key is not None and s.server.cert.is_file() and s.server.key.is_file():
+        out.extend(_cert_key_problems(s.server.cert, s.server.key))
     if not s.storage.root.parent.is_dir():
         out.append(f"storage.root: parent folder of {s.storage.root} does not exist")
     return out

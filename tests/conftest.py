@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from segate.config import Settings, settings_from_dict
 from segate.devissuer import DevIssuer, ensure_dev_issuer
 from segate.web.app import create_app, install_connection_limit
+from segate.web.redact import install_log_filter
 from testbed.pki import TestPKI
 from tests.grid_pki import shared_grid_pki
 from tests.secrets import SecretWatch, watch_app
@@ -80,6 +81,7 @@ GatewayFactory = Callable[..., "asyncio.Future[Gateway]"]
 @pytest.fixture
 async def make_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     clients: list[TestClient[web.Request, web.Application]] = []
+    install_log_filter()  # as `segate serve` sets up logging
     issuer = ensure_dev_issuer(tmp_path / "state", ISSUER)
 
     async def factory(**overrides: Any) -> Gateway:

@@ -4,6 +4,12 @@ Depth 0 and 1; a missing Depth is taken as 1 (bounded) and ``infinity`` is refus
 ``propfind-finite-depth``. The requested resource comes first; all found properties share one
 200 propstat. Stat needs only the stat right; listing a collection needs list (read). Dead
 properties (set by PROPPATCH) are read from storage only when the request may show them.
+
+Bounded responses: a ``prop`` request names at most 256 properties (xml.py, 400), and a Depth-1
+listing of a folder with more than ``[server] max_propfind_entries`` entries is refused with
+507 Insufficient Storage and the ``DAV:number-of-matches-within-limits`` precondition (the code
+RFC 5323 §5.2 gives for a result too large to return; RFC 4918 §11.5 507 "unable to store the
+representation"), instead of building a response of unbounded size on the event loop.
 """
 
 from __future__ import annotations
@@ -47,7 +53,17 @@ async def handle_propfind(ctx: RequestContext) -> web.StreamResponse:
     entries = [info]
     if info.is_dir and depth == "1":
         ctx.authorize(Op.LIST)
-        entries.extend(await ctx.storage.listdir(ctx.path))
+        children = await ctx.storage.listdir(ctx.path)
+        limit = ctx.services.settings.server.max_propfind_entries
+        if len(children) > limit:
+            ctx.reasons.append(f"PROPFIND: {len(children)} entries, over {limit}")
+            return web.Response(
+                status=507,
+                body=error_body("number-of-matches-within-limits"),
+                content_type="application/xml",
+                charset="utf-8",
+            )
+        entries.extend(children)
     dead = None
     if needs_dead_properties(preq):
         stored = await ctx.storage.read_properties([e.path for e in entries])

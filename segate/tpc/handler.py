@@ -2,6 +2,8 @@
 
 Order of work (PROTOCOLS.md §4.1-4.4, field reports B21, B22, B25):
 
+0. An anonymous client -> 401 before anything else: a copy makes this server contact another
+   one with headers the caller chose (``TransferHeader*``), never for an unidentified caller.
 1. Parse the headers (parse.py): malformed -> 400.
 2. Authorise locally, before any byte moves. Pull: some write right on the path at all (else
    401/403), then ``Overwrite: F`` onto an existing file -> 412 (StoRM; XRootD also 412),
@@ -20,6 +22,8 @@ Order of work (PROTOCOLS.md §4.1-4.4, field reports B21, B22, B25):
    count, then exactly one line ``success: Created`` or ``failure: <reason>`` (markers.py).
 6. A client that goes away (checked several times a second) cancels the transfer; the engine
    removes the staging file (dCache checks the socket after each marker; §4.3).
+7. Server shutdown (after the SIGTERM drain deadline, ``TpcService.stop``): a running transfer is
+   cancelled and its stream ends with ``failure: server shutting down`` (B22).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from segate.errors import (
     NotFound,
     PreconditionFailed,
     ServiceUnavailable,
+    Unauthenticated,
 )
 from segate.tpc.client import RemoteClient, TransferFailed, strip_query
 from segate.tpc.engine import Engine, PullTarget
@@ -56,6 +61,8 @@ log = logging.getLogger("segate.tpc")
 #: how often a running transfer checks whether its client is still connected (seconds)
 DISCONNECT_POLL = 0.25
 RETRY_AFTER = "10"
+#: seconds shutdown waits for running transfers to write their ``failure:`` line and end
+SHUTDOWN_GRACE = 2.0
 
 
 class TpcService:
@@ -70,6 +77,18 @@ class TpcService:
         )
         self.engine = Engine(services.storage, self.client, self.cfg)
         self.active = 0
+        self.stopping = False
+
+    async def stop(self) -> None:
+        """Server shutdown (after the drain deadline): end every running transfer with
+        ``failure: server shutting down`` (B22: a stream without a final line is an unknown
+        outcome). aiohttp closes the connection in the same step as it cancels a handler, so
+        the line must be written before that, here, not in the handler's cancellation path."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         await self.client.close()
@@ -80,6 +99,7 @@ def tpc_extension(services: Services) -> Handler:
     svc = TpcService(services)
     services.extras["tpc"] = svc
     services.closers.append(svc.close)
+    services.stoppers.append(svc.stop)
 
     async def handle(ctx: RequestContext) -> web.StreamResponse:
         return await handle_tpc_copy(ctx, svc)
@@ -168,6 +188,12 @@ def _client_gone(request: web.Request) -> bool:
 
 async def handle_tpc_copy(ctx: RequestContext, svc: TpcService) -> web.StreamResponse:
     request = ctx.request
+    if ctx.principal.is_anonymous:
+        # a third-party copy makes this server contact another one on the caller's behalf,
+        # with headers the caller chose: never for an unidentified caller, whatever the rules
+        raise Unauthenticated(
+            "third-party copy needs an authenticated client", bearer_error="invalid_request"
+        )
     req = parse_transfer(
         request.headers.items(), is_local=_is_local(ctx), max_streams=svc.cfg.max_streams
     )
@@ -214,6 +240,8 @@ async def _stream(
                 next_marker = loop.time() + interval
             if _client_gone(request):
                 raise ConnectionResetError("client went away")
+            if svc.stopping:
+                break
             wait = max(0.0, min(DISCONNECT_POLL, next_marker - loop.time()))
             done, _ = await asyncio.wait({task}, timeout=wait)
             if done:
@@ -227,7 +255,14 @@ async def _stream(
         if isinstance(exc, asyncio.CancelledError):
             raise
         return resp  # aiohttp finishes a response whose client is gone quietly
+    shutting_down = not task.done()  # the loop left early: TpcService.stop
+    if shutting_down:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
     try:
+        if shutting_down:
+            raise TransferFailed("server shutting down")
         task.result()
         final = success_line()
         ctx.reasons.append(f"tpc {req.mode}: success")

@@ -41,6 +41,7 @@ from segate.web.context import RequestContext, Services
 from segate.web.credentials import credentials_from_request
 from segate.web.macaroon_endpoint import MacaroonEndpoint
 from segate.web.middleware import AccessLog, error_response
+from segate.web.protocol import install as install_protocol
 from segate.web.tls import client_ssl_context
 
 log = logging.getLogger("segate")
@@ -215,10 +216,16 @@ def create_app(settings: Settings, *, services: Services | None = None) -> web.A
         for closer in services.closers:
             await closer()
 
+    async def stop(_app: web.Application) -> None:
+        await asyncio.gather(*(stopper() for stopper in services.stoppers))
+
+    app.on_shutdown.append(stop)  # runner.cleanup(): after the drain, before handlers are cut
     app.on_cleanup.append(close)
     return app
 
 
 def install_connection_limit(app: web.Application, server: web.Server) -> None:
-    """Count connections per client address on ``runner.server`` (after ``runner.setup()``)."""
+    """Count connections per client address on ``runner.server`` (after ``runner.setup()``),
+    and answer requests aiohttp's parser rejects without echoing them (segate.web.protocol)."""
+    install_protocol(server)
     app[CONN_LIMIT].install(server)

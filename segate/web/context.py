@@ -37,6 +37,9 @@ class Services:
     extensions: dict[str, Handler] = field(default_factory=dict)
     #: async clean-ups run when the app stops (key caches, client sessions, ...)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: run at shutdown after the drain, before aiohttp cancels the requests still running (so
+    #: long streams can still write their last words, e.g. a TPC ``failure:`` line)
+    stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: free-form slots for extensions (macaroon service, TPC engine, ...)
     extras: dict[str, Any] = field(default_factory=dict)
 

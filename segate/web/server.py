@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -30,6 +31,11 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return uvloop.new_event_loop  # type: ignore[no-any-return,unused-ignore]
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return None
+
+
+class ListenError(Exception):
+    """The listening socket cannot be opened (port taken, no permission): one clear line for
+    the operator, not a traceback (``segate serve`` exits with status 2)."""
 
 
 #: seconds the requests still running at the drain deadline get to clean up once cancelled
@@ -72,7 +78,13 @@ async def serve_forever(settings: Settings, *, reuse_port: bool = False) -> None
     site = web.TCPSite(
         runner, srv.host, srv.port, ssl_context=ssl_ctx, reuse_port=reuse_port, backlog=1024
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        # asyncio's message repeats the address; the errno's own text is the clear part
+        reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        raise ListenError(f"cannot listen on {srv.listen}: {reason}") from exc
     log.info("listening on %s (pid %d)", srv.listen, os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,7 +103,11 @@ def _run_loop(settings: Settings, *, reuse_port: bool) -> None:
 
 def _worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
-    _run_loop(settings, reuse_port=True)
+    try:
+        _run_loop(settings, reuse_port=True)
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def run(settings: Settings) -> int:

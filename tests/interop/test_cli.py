@@ -169,3 +169,69 @@ def test_serve_embedded_default_with_segate_token(tmp_path: Path) -> None:
     finally:
         stop_pid(proc)
     assert proc.returncode is not None
+
+
+def test_serve_on_a_taken_port_is_one_clear_line(tmp_path: Path, dev_pki: DevPKI) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = {
+            "server": {
+                "listen": f"127.0.0.1:{port}",
+                "cert": str(dev_pki.host_cert),
+                "key": str(dev_pki.host_key),
+            },
+            "storage": {"root": str(tmp_path / "data")},
+        }
+        path = tmp_path / "segate.toml"
+        path.write_text(toml_dumps(cfg))
+        code, out = segate("serve", "--config", str(path))
+    assert code == 2, out
+    assert f"error: cannot listen on 127.0.0.1:{port}: address already in use" in out
+    assert "Traceback" not in out
+
+
+def test_token_without_dev_state_warns(tmp_path: Path) -> None:
+    state = tmp_path / "nostate"
+    code, out = segate("token", env={"SEGATE_STATE": str(state)})
+    assert code == 0, out
+    assert "warning:" in out and str(state) in out and "SEGATE_STATE" in out
+    code, out = segate("token", env={"SEGATE_STATE": str(state)})  # the state exists now
+    assert code == 0 and "warning" not in out, out
+
+
+def test_check_config_loads_cert_and_key(tmp_path: Path, dev_pki: DevPKI) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = tmp_path / "other.key"
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    unreadable = tmp_path / "unreadable.key"
+    unreadable.write_bytes(dev_pki.host_key.read_bytes())
+    unreadable.chmod(0)
+    cfg = {
+        "server": {"listen": "127.0.0.1:9443", "cert": str(dev_pki.host_cert), "key": str(other)},
+        "storage": {"root": str(tmp_path / "data")},
+    }
+    path = tmp_path / "segate.toml"
+    path.write_text(toml_dumps(cfg))
+    code, out = segate("check-config", str(path))
+    assert code == 1 and "server.key:" in out and "does not match" in out, out
+    cfg["server"].update(cert=str(garbage), key=str(dev_pki.host_key))
+    path.write_text(toml_dumps(cfg))
+    code, out = segate("check-config", str(path))
+    assert code == 1 and "cannot load" in out, out
+    if os.geteuid() != 0:  # root reads any file
+        cfg["server"].update(cert=str(dev_pki.host_cert), key=str(unreadable))
+        path.write_text(toml_dumps(cfg))
+        code, out = segate("check-config", str(path))
+        assert code == 1 and "cannot be read" in out, out

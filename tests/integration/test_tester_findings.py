@@ -1,0 +1,144 @@
+"""Findings of a newcomer's test pass: query-token spellings in the access log, aiohttp parser
+errors (log flooding, echoed bytes), PROPFIND amplification, anonymous third-party copy and a
+transfer cut by shutdown (field reports B09, B22)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from segate.dav.xml import MAX_PROPFIND_PROPS, parse_propfind
+from segate.errors import BadRequest
+from tests.conftest import Gateway
+from tests.integration.tpc_helpers import TPC, FakeRemote, parse_stream, pull_headers, serve_bytes
+
+
+def _fragments(token: str, size: int = 20) -> list[str]:
+    """Every ``size``-character window of ``token`` (no part of it may be logged)."""
+    return [token[i : i + size] for i in range(0, len(token) - size + 1)]
+
+
+@pytest.mark.parametrize("name", ["access%5Ftoken", "%61uthz", "ACCESS_TOKEN"])
+async def test_query_token_is_redacted_by_decoded_name(
+    make_gateway: Callable[..., Any], access_lines: Callable[[], list[str]], name: str
+) -> None:
+    gw: Gateway = await make_gateway()
+    (gw.root / "f").write_bytes(b"data")
+    token = gw.token("storage.read:/")
+    url = gw.client.make_url("/").with_path("/f", encoded=True)
+    url = URL(f"{url}?{name}={token}&x=1", encoded=True)
+    r = await gw.client.session.get(url)
+    if name == "ACCESS_TOKEN":  # not a spelling credentials accept, but redacted all the same
+        assert r.status in (200, 401, 403)
+    else:
+        assert r.status == 200, await r.text()
+    signature = token.rsplit(".", 1)[1]
+    lines = access_lines()
+    assert lines and any("REDACTED" in line for line in lines)
+    assert not any(signature in line for line in lines)
+
+
+async def test_parser_errors_log_one_line_and_echo_nothing(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    caplog.set_level(logging.DEBUG, logger="segate")
+    token = gw.token("storage.read:/")
+    bare_lf = f"GET /x HTTP/1.1\nHost: localhost\nAuthorization: Bearer {token}\n\n".encode()
+    long_line = (
+        "GET /x HTTP/1.1\r\nHost: localhost\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"X-Long: {token}{'a' * (gw.settings.server.max_header_size + 100)}\r\n\r\n"
+    ).encode()
+    for raw in (bare_lf, long_line):
+        answer = await gw.raw(raw)
+        status = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
+        assert status is not None, answer[:200]
+        assert 400 <= int(status.group(1)) < 500
+        assert not any(f.encode() in answer for f in _fragments(token))
+    assert caplog.records
+    for rec in caplog.records:
+        text = rec.getMessage() + (rec.exc_text or "")
+        assert rec.exc_info is None, rec.getMessage()
+        assert "Traceback" not in text
+        assert not any(f in text for f in _fragments(token)), text
+
+
+def test_propfind_prop_count_is_bounded() -> None:
+    def body(n: int) -> bytes:
+        props = "".join(f"<x:p{i}/>" for i in range(n))
+        return (
+            f'<D:propfind xmlns:D="DAV:" xmlns:x="urn:x"><D:prop>{props}</D:prop></D:propfind>'
+        ).encode()
+
+    assert len(parse_propfind(body(MAX_PROPFIND_PROPS), max_size=1 << 20).props) == 256
+    with pytest.raises(BadRequest, match="more than 256"):
+        parse_propfind(body(30_000), max_size=1 << 20)
+
+
+async def test_propfind_depth1_of_a_large_folder_is_507(make_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await make_gateway(server={"max_propfind_entries": 3})
+    (gw.root / "big").mkdir()
+    (gw.root / "small").mkdir()
+    for i in range(4):
+        (gw.root / "big" / f"f{i}").write_bytes(b"")
+    for i in range(3):
+        (gw.root / "small" / f"f{i}").write_bytes(b"")
+    h = {**gw.bearer("storage.read:/"), "Depth": "1"}
+    r = await gw.client.request("PROPFIND", "/big/", headers=h)
+    assert r.status == 507
+    assert "number-of-matches-within-limits" in await r.text()
+    r = await gw.client.request("PROPFIND", "/small/", headers=h)
+    assert r.status == 207
+    r = await gw.client.request("PROPFIND", "/big/", headers={**h, "Depth": "0"})
+    assert r.status == 207
+
+
+async def test_anonymous_third_party_copy_is_401(make_gateway: Callable[..., Any]) -> None:
+    rules = [{"path": "/", "allow": ["read"], "who": ["anonymous"]}]
+    gw: Gateway = await make_gateway(tpc=TPC, rules=rules)
+    (gw.root / "f").write_bytes(b"data")
+    assert (await gw.client.get("/f")).status == 200  # the anonymous read rule works
+    remote = await FakeRemote().start()
+    try:
+        h = {"Destination": remote.url("/dst"), "TransferHeaderAuthorization": "Bearer chosen"}
+        r = await gw.client.request("COPY", "/f", headers=h)
+        assert r.status == 401
+        r = await gw.client.request("COPY", "/g", headers={"Source": remote.url("/src")})
+        assert r.status == 401
+        assert remote.seen == []  # nothing was contacted
+    finally:
+        await remote.close()
+
+
+async def test_transfer_cut_by_shutdown_ends_with_failure_line(
+    make_gateway: Callable[..., Any],
+) -> None:
+    gw: Gateway = await make_gateway(tpc=TPC)
+    remote = await FakeRemote().start()
+    try:
+        remote.routes["/slow"] = serve_bytes(os.urandom(400_000), piece=10_000, delay=0.1)
+        r = await gw.client.request("COPY", "/dst", headers=pull_headers(gw, remote.url("/slow")))
+        assert r.status == 202
+        await r.content.readuntil(b"End\n")  # the first perf marker: the transfer runs
+        runner = gw.client.server.runner
+        assert runner is not None
+        # what serve_forever does after its drain deadline (segate.web.server)
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        text = (await asyncio.wait_for(r.content.read(), 10)).decode()
+        await cleanup
+        _markers, final = parse_stream(
+            "Perf Marker\nTimestamp: 0\nStripe Index: 0\n"
+            "Stripe Bytes Transferred: 0\nTotal Stripe Count: 1\n"
+            "End\n" + text
+        )
+        assert final == "failure: server shutting down"
+    finally:
+        await remote.close()
