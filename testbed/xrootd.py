@@ -32,15 +32,15 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
-import ssl
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from testbed.segate_proc import free_port, tls_answers
 
 AUDIENCE = "segate-testbed-xrootd"
 START_TIMEOUT = 30.0
@@ -85,12 +85,6 @@ map_subject = False
 AUTHFILE = "u tbuser /data a\n"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def xrootd_binary() -> str | None:
     return shutil.which("xrootd")
 
@@ -112,20 +106,6 @@ def seed_key_cache(cache_home: Path, issuer: str, jwks: dict[str, Any]) -> None:
         db.commit()
     finally:
         db.close()
-
-
-def _tls_answers(port: int) -> bool:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=1.0) as raw,
-            ctx.wrap_socket(raw, server_hostname="localhost"),
-        ):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -258,7 +238,7 @@ def start_xrootd(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
-        if "initialization completed" in se.log_text() and _tls_answers(port):
+        if "initialization completed" in se.log_text() and tls_answers(port):
             return se
         time.sleep(0.1)
     tail = se.log_text()[-3000:]

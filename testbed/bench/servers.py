@@ -12,13 +12,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
-import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +25,7 @@ from pathlib import Path
 from testbed import xrootd
 from testbed.issuer import IssuerKeys, mint
 from testbed.pki import build_test_pki
+from testbed.segate_proc import free_port, stop_pid, tls_answers
 from testbed.tomlw import toml_dumps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,40 +33,6 @@ ISSUER = "https://issuer.bench.invalid/wlcg"
 AUDIENCE = "segate-bench"
 SCOPE = "storage.read:/ storage.create:/ storage.modify:/"
 START_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tls_answers(port: int) -> bool:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=1.0) as raw,
-            ctx.wrap_socket(raw, server_hostname="localhost"),
-        ):
-            return True
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process we started (by PID), then SIGKILL if it does not go."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(15)
 
 
 @dataclass
@@ -115,7 +78,7 @@ class Bench:
         base = self.tmp / name
         data = base / "data"
         (data / "data").mkdir(parents=True)
-        port = _free_port()
+        port = free_port()
         cfg = {
             "server": {
                 "listen": f"127.0.0.1:{port}",
@@ -147,7 +110,7 @@ class Bench:
         self._procs.append(proc)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
-            if _tls_answers(port):
+            if tls_answers(port):
                 time.sleep(0.5)  # let every worker bind before load starts
                 return Server("segate", f"https://localhost:{port}", proc.pid, data / "data")
             time.sleep(0.1)
@@ -194,7 +157,7 @@ class Bench:
 
     def close(self) -> None:
         for proc in self._procs:
-            _stop(proc)
+            stop_pid(proc)
         for se in self._xrds:
             se.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
