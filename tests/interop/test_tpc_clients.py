@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import subprocess
-import textwrap
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from segate.devissuer import DevIssuer, ensure_dev_issuer
 from segate.devpki import DevPKI, issue_cert, write_cert, write_key
 from testbed import xrootd
+from testbed.matrix import GFAL2_MODE, GFAL2_SCRIPT
 from tests.interop.conftest import RunningSegate, StartSegate
 
 pytestmark = pytest.mark.interop
@@ -322,31 +322,14 @@ def test_curl_multistream_pull_from_xrootd_with_verification(xenv: XEnv) -> None
 
 
 # -- macaroons from the passive SE (gfal2 Python API, one credential per endpoint) ---------------
-GFAL2_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import gfal2
-    cfg = json.load(sys.stdin)
-    ctx = gfal2.creat_context()
-    for prefix, token in cfg["creds"].items():
-        ctx.cred_set(prefix, ctx.cred_new("BEARER", token))
-    ctx.set_opt_string("HTTP PLUGIN", "DEFAULT_COPY_MODE", cfg["mode"])
-    ctx.set_opt_boolean("HTTP PLUGIN", "ENABLE_FALLBACK_TPC_COPY", False)
-    params = ctx.transfer_parameters()
-    params.overwrite = True
-    params.create_parent = True
-    params.timeout = 120
-    ctx.filecopy(params, cfg["src"], cfg["dst"])
-    print("copied")
-    """
-)
+# the per-endpoint gfal2 copy script is the testbed's (testbed/matrix.py)
 
 
 def gfal2_copy(e: Env, mode: str, src: str, dst: str, creds: dict[str, str]) -> None:
     binary("gfal-copy")
     if not Path(GFAL_PYTHON).exists():
         pytest.skip(f"{GFAL_PYTHON} (with python3-gfal2) is not installed")
-    cfg = {"mode": f"3rd {mode}", "src": src, "dst": dst, "creds": creds}
+    cfg = {"mode": GFAL2_MODE[mode], "src": src, "dst": dst, "creds": creds, "timeout": 120}
     r = subprocess.run(
         [GFAL_PYTHON, "-c", GFAL2_SCRIPT],
         input=json.dumps(cfg),
