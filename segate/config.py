@@ -47,6 +47,8 @@ class ServerConfig:
     max_connections_per_client: int = 256
     #: entries one Depth-1 PROPFIND may list; a bigger folder gets 507 (bounded response size)
     max_propfind_entries: int = 100000
+    #: HEAD and PROPFIND Depth 0 served by segate's own HTTP front (segate.web.lane)
+    fast_lane: bool = True
 
     @property
     def listen(self) -> str:
@@ -257,6 +259,7 @@ def _server(r: _Reader) -> ServerConfig:
         max_header_size=r.integer("max_header_size", d.max_header_size, minimum=1024),
         max_body_xml=r.integer("max_body_xml", d.max_body_xml, minimum=1024),
         drain_timeout=r.number("drain_timeout", d.drain_timeout),
+        fast_lane=r.get("fast_lane", bool, d.fast_lane),
         max_connections_per_client=r.integer(
             "max_connections_per_client", d.max_connections_per_client
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from segate.config import Settings, settings_from_dict
 from segate.devissuer import DevIssuer, ensure_dev_issuer
 from segate.web.app import create_app, install_connection_limit
+from segate.web.lane import FastLane
 from segate.web.redact import install_log_filter
 from testbed.pki import TestPKI
 from tests.grid_pki import shared_grid_pki
@@ -58,6 +61,32 @@ class Gateway:
         return bytes(out)
 
 
+class LaneTestServer(TestServer):
+    """aiohttp's TestServer with connections accepted as ``segate serve`` accepts them: by the
+    fast lane (segate.web.lane), which hands what it does not serve itself to aiohttp. So the
+    in-process tests exercise both paths, as real clients do."""
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kw: Any) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kw)
+        await self.runner.setup()
+        assert self.runner.server is not None
+        install_connection_limit(self.app, self.runner.server)
+        self.lane = FastLane(self.app, self.runner.server)
+        sock = self.socket_factory(self.host, 0, socket.AF_INET)
+        self._listener = await asyncio.get_running_loop().create_server(self.lane, sock=sock)
+        self.host, self.port = sock.getsockname()[:2]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.runner is not None and not self._closed:
+            self._listener.close()
+            await self.lane.shutdown(0.5)
+        await super().close()
+
+
 def base_config(root: Path, jwks: Path, **overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:8443"},
@@ -91,12 +120,10 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         app = create_app(settings)
         watch_app(app)
         limit = settings.server.max_header_size  # as segate.web.server configures the runner
-        server = TestServer(app)
+        server = LaneTestServer(app)
         await server.start_server(max_field_size=limit, max_line_size=limit)
         client = TestClient(server)
         await client.start_server()
-        assert client.server.runner is not None and client.server.runner.server is not None
-        install_connection_limit(app, client.server.runner.server)
         clients.append(client)
         return Gateway(client, root, issuer, settings)
 

@@ -28,7 +28,7 @@ from segate.dav.xml import (
 from segate.errors import NotFound
 from segate.storage.base import FileInfo
 from segate.web.body import read_limited
-from segate.web.context import RequestContext
+from segate.web.context import Access, RequestContext
 
 
 def href_of(info: FileInfo) -> str:
@@ -45,6 +45,13 @@ async def handle_propfind(ctx: RequestContext) -> web.StreamResponse:
             charset="utf-8",
         )
     body = await read_limited(ctx.request, ctx.services.settings.server.max_body_xml)
+    status, xml = await propfind_answer(ctx, depth, body)
+    return web.Response(status=status, body=xml, content_type="application/xml", charset="utf-8")
+
+
+async def propfind_answer(ctx: Access, depth: str, body: bytes) -> tuple[int, bytes]:
+    """Status and XML body for a PROPFIND of Depth 0 or 1 (the aiohttp handler and the fast
+    lane share it)."""
     preq = parse_propfind(body, max_size=ctx.services.settings.server.max_body_xml)
     ctx.authorize(Op.STAT)
     info = await ctx.storage.stat(ctx.path)
@@ -57,16 +64,10 @@ async def handle_propfind(ctx: RequestContext) -> web.StreamResponse:
         limit = ctx.services.settings.server.max_propfind_entries
         if len(children) > limit:
             ctx.reasons.append(f"PROPFIND: {len(children)} entries, over {limit}")
-            return web.Response(
-                status=507,
-                body=error_body("number-of-matches-within-limits"),
-                content_type="application/xml",
-                charset="utf-8",
-            )
+            return 507, error_body("number-of-matches-within-limits")
         entries.extend(children)
     dead = None
     if needs_dead_properties(preq):
         stored = await ctx.storage.read_properties([e.path for e in entries])
         dead = [dead_properties(s) for s in stored]
-    xml = render_multistatus(entries, preq, href_of=href_of, dead=dead)
-    return web.Response(status=207, body=xml, content_type="application/xml", charset="utf-8")
+    return 207, render_multistatus(entries, preq, href_of=href_of, dead=dead)

@@ -21,7 +21,7 @@ from segate.dav.headers import format_digest, negotiate_digest, parse_range
 from segate.dav.xml import http_date
 from segate.errors import MethodNotAllowed, NotFound
 from segate.storage.base import FileInfo
-from segate.web.context import RequestContext
+from segate.web.context import Access, RequestContext
 
 
 def file_headers(info: FileInfo) -> dict[str, str]:
@@ -32,8 +32,8 @@ def file_headers(info: FileInfo) -> dict[str, str]:
     }
 
 
-async def digest_headers(ctx: RequestContext, info: FileInfo) -> dict[str, str]:
-    want = ctx.request.headers.get("Want-Digest")
+async def digest_headers(ctx: Access, info: FileInfo, want: str | None) -> dict[str, str]:
+    """``Digest`` for a ``Want-Digest`` header value (nothing for a collection)."""
     if not want or info.is_dir:
         return {}
     for algo in negotiate_digest(want):
@@ -42,16 +42,23 @@ async def digest_headers(ctx: RequestContext, info: FileInfo) -> dict[str, str]:
     return {}
 
 
-async def handle_head(ctx: RequestContext) -> web.StreamResponse:
+async def head_answer(ctx: Access, want_digest: str | None) -> tuple[dict[str, str], int]:
+    """HEAD's headers and Content-Length (the aiohttp handler and the fast lane share it)."""
     ctx.authorize(Op.STAT)
     info = await ctx.storage.stat(ctx.path)
     if info is None:
         raise NotFound("no such file or collection")
     headers = file_headers(info)
-    headers.update(await digest_headers(ctx, info))
+    if want_digest:
+        headers.update(await digest_headers(ctx, info, want_digest))
     headers["Content-Type"] = "httpd/unix-directory" if info.is_dir else "application/octet-stream"
+    return headers, info.size
+
+
+async def handle_head(ctx: RequestContext) -> web.StreamResponse:
+    headers, size = await head_answer(ctx, ctx.request.headers.get("Want-Digest"))
     resp = web.StreamResponse(status=200, headers=headers)
-    resp.content_length = info.size
+    resp.content_length = size
     await resp.prepare(ctx.request)
     await resp.write_eof()
     return resp
@@ -73,7 +80,7 @@ async def handle_get(ctx: RequestContext) -> web.StreamResponse:
         if ranges and sum(e - s + 1 for s, e in ranges) > info.size:
             ranges = None  # overlapping ranges larger than the file: send it once (RFC 9110 §14.2)
         headers = file_headers(info)
-        headers.update(await digest_headers(ctx, info))
+        headers.update(await digest_headers(ctx, info, ctx.request.headers.get("Want-Digest")))
         if ranges is None:
             resp = web.StreamResponse(status=200, headers=headers)
             resp.content_type = "application/octet-stream"

@@ -37,6 +37,7 @@ from segate.errors import (
     UnsupportedMediaType,
 )
 from segate.storage.base import ExistsError, NotEmptyError
+from segate.web.body import send_continue
 from segate.web.context import RequestContext
 
 
@@ -73,8 +74,7 @@ async def handle_put(ctx: RequestContext) -> web.StreamResponse:
         for p in missing:
             ctx.authorize(Op.MKDIR, p)
 
-    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    await send_continue(request)  # only now, after authorisation
 
     chunk_size = ctx.services.settings.storage.io_chunk
     upload = await ctx.storage.new_upload(path)

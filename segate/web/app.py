@@ -32,7 +32,7 @@ from segate.errors import (
     TooManyConnections,
     UriTooLong,
 )
-from segate.paths import MAX_PATH_BYTES, parse_url_path
+from segate.paths import MAX_PATH_BYTES, RequestPath, parse_url_path
 from segate.storage.base import StorageError
 from segate.storage.posix import PosixStorage
 from segate.tpc.handler import tpc_extension
@@ -129,6 +129,20 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.time
     return services
 
 
+def resolve_target(raw: str) -> RequestPath:
+    """The storage path a raw request target names, or the 4xx for a bad one."""
+    if len(raw) > MAX_PATH_BYTES + 4096:
+        raise UriTooLong("request target too long")
+    path_part = raw.split("?", 1)[0]
+    # clients never send a fragment; an unencoded '#' in a name would target the parent
+    if "#" in path_part:
+        raise BadRequest("request target contains a fragment ('#' must be %23)")
+    target = parse_url_path(path_part)
+    if target.path.is_reserved:
+        raise NotFound("no such file or collection")
+    return target
+
+
 async def _no_expect(request: web.Request) -> None:
     """Handlers answer ``Expect: 100-continue`` themselves, after authorisation."""
     return None
@@ -144,24 +158,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     conns = request.app[CONN_LIMIT]
     conns.active += 1  # the SIGTERM drain waits for this to reach 0 (segate.web.server)
     try:
-        if conns.refused(request.protocol):
+        if conns.refused(request.transport):
             raise TooManyConnections(
                 "too many connections from your address", headers={"Retry-After": "1"}
             )
-        if len(raw) > MAX_PATH_BYTES + 4096:
-            raise UriTooLong("request target too long")
-        path_part = raw.split("?", 1)[0]
-        # clients never send a fragment; an unencoded '#' in a name would target the parent
-        if "#" in path_part:
-            raise BadRequest("request target contains a fragment ('#' must be %23)")
-        target = parse_url_path(path_part)
-        if target.path.is_reserved:
-            raise NotFound("no such file or collection")
+        target = resolve_target(raw)
         creds = credentials_from_request(
             request, allow_query=services.settings.tokens.allow_query_token
         )
         principal = await services.auth.authenticate(creds)
-        ctx = RequestContext(request, services, target, creds, principal)
+        ctx = RequestContext(services, target, creds, principal, request=request)
         handler = METHODS.get(request.method)
         if handler is None:
             raise NotImplementedByServer(f"method {request.method[:20]} is not implemented")
@@ -201,6 +207,15 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         )
 
 
+#: the ``Server`` header of every answer, from the fast lane and from aiohttp alike (no
+#: Python or aiohttp version on the wire)
+SERVER_NAME = "segate"
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+
+
 def create_app(settings: Settings, *, services: Services | None = None) -> web.Application:
     services = services or build_services(settings)
     app = web.Application(client_max_size=settings.server.max_body_xml)
@@ -219,6 +234,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> web.A
     async def stop(_app: web.Application) -> None:
         await asyncio.gather(*(stopper() for stopper in services.stoppers))
 
+    app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(stop)  # runner.cleanup(): after the drain, before handlers are cut
     app.on_cleanup.append(close)
     return app

@@ -45,8 +45,10 @@ class Services:
 
 
 @dataclass
-class RequestContext:
-    request: web.Request
+class Access:
+    """Who asks for which target, and the decisions taken: everything a verb's core needs
+    apart from the HTTP exchange (shared by the aiohttp handlers and the fast lane)."""
+
     services: Services
     target: RequestPath
     credentials: Credentials
@@ -75,3 +77,10 @@ class RequestContext:
                 raise Unauthenticated("authentication required", bearer_error=None)
             raise Forbidden(f"permission denied: {d.reason}")
         return d
+
+
+@dataclass
+class RequestContext(Access):
+    """An :class:`Access` served through aiohttp: the handler also has the request."""
+
+    request: web.Request = field(kw_only=True)

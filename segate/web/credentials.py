@@ -16,14 +16,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from segate.auth.chain import Credentials
 from segate.errors import BadRequest, Unauthenticated
@@ -80,16 +83,15 @@ def _chain_from_sslobj(sslobj: Any) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def peer_chain(request: web.Request) -> tuple[bytes, ...]:
-    transport = request.transport
+def peer_chain(transport: asyncio.BaseTransport | None, holder: Any) -> tuple[bytes, ...]:
+    """The verified client chain of ``transport``'s TLS session; ``holder`` (the connection's
+    protocol object) keeps it, as it is fixed for the connection."""
     if transport is None:
         return ()
     sslobj = transport.get_extra_info("ssl_object")
     if sslobj is None:
         return ()
-    # The peer chain is a property of the TLS session, fixed for the connection: compute once.
-    proto = request.protocol
-    cached = getattr(proto, _CHAIN_KEY, None)
+    cached = getattr(holder, _CHAIN_KEY, None)
     if cached is not None and cached[0] is sslobj:
         return cached[1]  # type: ignore[no-any-return]
     leaf = sslobj.getpeercert(binary_form=True)
@@ -103,7 +105,7 @@ def peer_chain(request: web.Request) -> tuple[bytes, ...]:
         else:  # resumed session: no verified chain (see the module docstring)
             chain = _recall(sid, leaf) or (leaf,)
     with contextlib.suppress(AttributeError):
-        setattr(proto, _CHAIN_KEY, (sslobj, chain))
+        setattr(holder, _CHAIN_KEY, (sslobj, chain))
     return chain
 
 
@@ -114,38 +116,75 @@ def _strip_bearer(value: str) -> str:
     return v
 
 
-def bearer_from_request(request: web.Request, *, allow_query: bool) -> tuple[str | None, str]:
-    headers = request.headers.getall("Authorization", [])
-    if len(headers) > 1:
+def bearer_from(
+    headers: Mapping[str, str],
+    query_string: str,
+    query: Callable[[], MultiMapping[str]],
+    *,
+    allow_query: bool,
+) -> tuple[str | None, str]:
+    """The bearer credential and where it came from ("header", "query" or "").
+
+    ``headers`` is a case-insensitive multi-mapping (CIMultiDictProxy); ``query`` gives the
+    parsed query (only called when a query token may be used)."""
+    values = headers.getall("Authorization", [])  # type: ignore[attr-defined]
+    if len(values) > 1:
         raise BadRequest("more than one Authorization header")
-    if headers:
-        scheme, _, rest = headers[0].strip().partition(" ")
+    if values:
+        scheme, _, rest = values[0].strip().partition(" ")
         if scheme.lower() != "bearer":
             raise Unauthenticated(
                 f"unsupported authorization scheme {scheme[:20]!r}; use Bearer",
                 bearer_error="invalid_request",
             )
         return rest.strip(), "header"
-    if allow_query and request.query_string:
+    if allow_query and query_string:
+        parsed = query()
         for key in ("authz", "access_token"):
-            values = request.query.getall(key, [])
-            if len(values) > 1:
+            found = parsed.getall(key, [])
+            if len(found) > 1:
                 raise BadRequest(f"more than one {key} query parameter")
-            if values:
-                return _strip_bearer(unquote(values[0]) if "%20" in values[0] else values[0]), (
+            if found:
+                return _strip_bearer(unquote(found[0]) if "%20" in found[0] else found[0]), (
                     "query"
                 )
     return None, ""
 
 
-def credentials_from_request(request: web.Request, *, allow_query: bool) -> Credentials:
-    bearer, source = bearer_from_request(request, allow_query=allow_query)
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    ip = peer[0] if isinstance(peer, tuple) and peer else ""
+def credentials_from(
+    headers: Mapping[str, str],
+    query_string: str,
+    query: Callable[[], MultiMapping[str]],
+    transport: asyncio.BaseTransport | None,
+    holder: Any,
+    host: str,
+    client_ip: str,
+    *,
+    allow_query: bool,
+) -> Credentials:
+    bearer, source = bearer_from(headers, query_string, query, allow_query=allow_query)
     return Credentials(
         bearer=bearer,
         bearer_source=source,
-        peer_chain=peer_chain(request),
-        client_ip=ip,
-        host=request.host,
+        peer_chain=peer_chain(transport, holder),
+        client_ip=client_ip,
+        host=host,
+    )
+
+
+def peer_ip(transport: asyncio.BaseTransport | None) -> str:
+    peer = transport.get_extra_info("peername") if transport else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def credentials_from_request(request: web.Request, *, allow_query: bool) -> Credentials:
+    return credentials_from(
+        request.headers,
+        request.query_string,
+        lambda: request.query,
+        request.transport,
+        request.protocol,
+        request.host,
+        peer_ip(request.transport),
+        allow_query=allow_query,
     )

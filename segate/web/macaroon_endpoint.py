@@ -51,7 +51,7 @@ from segate.authz.decide import Policy, allowed_ops
 from segate.config import Settings
 from segate.errors import BadRequest, Forbidden, MethodNotAllowed, Unauthenticated
 from segate.paths import LogicalPath
-from segate.web.body import read_limited
+from segate.web.body import read_limited, send_continue
 from segate.web.context import RequestContext
 
 MEDIA_TYPE = "application/macaroon-request"
@@ -233,12 +233,9 @@ class MacaroonEndpoint:
             )
         if principal.limited_proxy:
             raise Forbidden("a limited proxy may not request macaroons")
-        expect = request.headers.get("Expect", "").lower()
-        if expect == "100-continue" and request.version >= (1, 1):
-            # answered only now, after authentication (aiohttp's own answer is switched off)
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await send_continue(request)  # only now, after authentication
         limit = min(MAX_BODY, self.settings.server.max_body_xml)
-        req = parse_request(await read_limited(request, limit))
+        req = parse_request(await read_limited(request, limit, invite=False))
         now = self.clock()
         b = bound(
             principal,

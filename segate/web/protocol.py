@@ -47,7 +47,9 @@ class GatewayRequestHandler(RequestHandler):
         )
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot answer the parse error")
-        resp = web.Response(status=status, text="malformed HTTP request\n")
+        resp = web.Response(
+            status=status, text="malformed HTTP request\n", headers={"Server": "segate"}
+        )
         resp.force_close()
         return resp
 

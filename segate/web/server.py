@@ -19,6 +19,7 @@ from aiohttp import web
 
 from segate.config import Settings
 from segate.web.app import CONN_LIMIT, create_app, install_connection_limit
+from segate.web.lane import FastLane
 from segate.web.tls import server_ssl_context
 
 log = logging.getLogger("segate")
@@ -42,15 +43,14 @@ class ListenError(Exception):
 CANCEL_GRACE = 1.0
 
 
-async def drain(runner: web.AppRunner, app: web.Application, timeout: float) -> None:
+async def drain(listener: asyncio.AbstractServer, app: web.Application, timeout: float) -> None:
     """Stop accepting connections, then wait up to ``timeout`` for running requests to finish.
 
     aiohttp's own shutdown marks every connection closing first, after which it reads no more
     request bytes, so an upload in flight could never complete within the drain (issue #8):
-    the listening sockets are closed here and the open connections keep being served.
+    the listening socket is closed here and the open connections keep being served.
     """
-    for site in list(runner.sites):
-        await site.stop()
+    listener.close()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while app[CONN_LIMIT].active > 0 and loop.time() < deadline:
@@ -75,24 +75,26 @@ async def serve_forever(settings: Settings, *, reuse_port: bool = False) -> None
     await runner.setup()
     assert runner.server is not None
     install_connection_limit(app, runner.server)
-    site = web.TCPSite(
-        runner, srv.host, srv.port, ssl_context=ssl_ctx, reuse_port=reuse_port, backlog=1024
-    )
+    lane = FastLane(app, runner.server)  # every connection starts in the fast lane
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        listener = await loop.create_server(
+            lane, srv.host, srv.port, ssl=ssl_ctx, reuse_port=reuse_port, backlog=1024
+        )
     except OSError as exc:
         await runner.cleanup()
         # asyncio's message repeats the address; the errno's own text is the clear part
         reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
         raise ListenError(f"cannot listen on {srv.listen}: {reason}") from exc
+    lane.start()
     log.info("listening on %s (pid %d)", srv.listen, os.getpid())
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: draining requests for up to %.0f s", srv.drain_timeout)
-    await drain(runner, app, srv.drain_timeout)
+    await drain(listener, app, srv.drain_timeout)
+    await lane.shutdown(CANCEL_GRACE)
     await runner.cleanup()
 
 

@@ -1,0 +1,330 @@
+"""The fast lane (segate.web.lane) answers exactly as the aiohttp path does.
+
+Two gateways share one storage root: ``lane`` (``fast_lane = true``, the default) and ``plain``
+(``fast_lane = false``: every request through aiohttp). Each request is sent to both and the
+answers are compared: status, every header but Date, body. The lane's ``served`` counter tells
+which path answered, so the tests also check the lane really served.
+Raw-socket tests cover framing: pipelining, hand-over to aiohttp mid-connection, heads
+arriving in pieces, HTTP/1.0, keep-alive and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from typing import Any
+
+import pytest
+
+from tests.conftest import Gateway
+
+SCOPE = "storage.read:/ storage.create:/ storage.modify:/"
+IGNORED = {"date"}
+
+
+@pytest.fixture
+async def pair(make_gateway: Any) -> tuple[Gateway, Gateway]:
+    lane: Gateway = await make_gateway(tokens={"allow_query_token": True})
+    plain: Gateway = await make_gateway(
+        server={"fast_lane": False},
+        storage={"root": str(lane.root)},
+        tokens={"allow_query_token": True},
+    )
+    (lane.root / "f").write_bytes(b"hello lane\n")
+    (lane.root / "empty").write_bytes(b"")
+    (lane.root / "d" / "sub").mkdir(parents=True)
+    (lane.root / "d" / "x y").write_bytes(b"x" * 5000)
+    os.utime(lane.root / "f", (1_700_000_000, 1_700_000_000))
+    return lane, plain
+
+
+def served(g: Gateway) -> int:
+    return int(g.client.server.lane.served)  # type: ignore[attr-defined]
+
+
+async def answer(
+    g: Gateway, method: str, path: str, **kw: Any
+) -> tuple[int, dict[str, str], bytes, bool]:
+    """Status, headers, body, and whether the fast lane answered."""
+    before = served(g)
+    async with g.client.request(method, path, allow_redirects=False, **kw) as r:
+        body = await r.read()
+        headers = {k.lower(): v for k, v in r.headers.items() if k.lower() not in IGNORED}
+        return r.status, headers, body, served(g) > before
+
+
+async def same(
+    pair: tuple[Gateway, Gateway], method: str, path: str, *, fast: bool = True, **kw: Any
+) -> tuple[int, dict[str, str], bytes]:
+    lane, plain = pair
+    a = await answer(lane, method, path, **kw)
+    b = await answer(plain, method, path, **kw)
+    assert a[:3] == b[:3], f"{method} {path}: lane {a[:3]!r} != aiohttp {b[:3]!r}"
+    assert not b[3]
+    assert a[3] is fast, f"{method} {path}: served by the lane: {a[3]}"
+    return a[:3]
+
+
+def auth(g: Gateway, scope: str = SCOPE, **kw: Any) -> dict[str, str]:
+    return g.bearer(scope, **kw)
+
+
+ALLPROP = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+PROP = (
+    b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getcontentlength/>'
+    b'<D:resourcetype/><D:getetag/><X:nope xmlns:X="urn:x"/></D:prop></D:propfind>'
+)
+PROPNAME = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>'
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/f",
+        "/empty",
+        "/d",
+        "/d/",
+        "/d/x%20y",
+        "/missing",
+        "/.segate/tmp",
+        "/d/%2e%2e/f",
+        "/%2e%2e/etc/passwd",
+        "/a%23b",
+        "/" + "a" * 300,
+        "/f?x=1",
+    ],
+)
+async def test_head_matches(pair: tuple[Gateway, Gateway], path: str) -> None:
+    lane, _ = pair
+    await same(pair, "HEAD", path, headers=auth(lane))
+    await same(pair, "HEAD", path)  # anonymous
+
+
+@pytest.mark.parametrize("want", ["adler32", "md5", "crc32c", "sha-512", "adler32;q=0.5, md5", ""])
+async def test_head_want_digest_matches(pair: tuple[Gateway, Gateway], want: str) -> None:
+    lane, _ = pair
+    await same(pair, "HEAD", "/f", headers={**auth(lane), "Want-Digest": want})
+
+
+@pytest.mark.parametrize(
+    "body", [b"", ALLPROP, PROP, PROPNAME, b"<not xml", b"<D:propfind xmlns:D='DAV:'/>"]
+)
+@pytest.mark.parametrize("path", ["/f", "/d", "/missing", "/d/x%20y"])
+async def test_propfind_depth0_matches(
+    pair: tuple[Gateway, Gateway], path: str, body: bytes
+) -> None:
+    lane, _ = pair
+    headers = {**auth(lane), "Depth": "0"}
+    if body:
+        headers["Content-Type"] = "application/xml"
+    status, _, _ = await same(pair, "PROPFIND", path, headers=headers, data=body)
+    assert status in (207, 400, 404)
+
+
+async def test_dead_properties_match(pair: tuple[Gateway, Gateway]) -> None:
+    lane, plain = pair
+    patch = (
+        b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z"><D:set><D:prop>'
+        b"<Z:color>blue &amp; green</Z:color></D:prop></D:set></D:propertyupdate>"
+    )
+    # through the other gateway: a PROPPATCH hands the lane's pooled connection to aiohttp
+    async with plain.client.request("PROPPATCH", "/f", headers=auth(lane), data=patch) as r:
+        assert r.status == 207
+    await same(pair, "PROPFIND", "/f", headers={**auth(lane), "Depth": "0"})
+    await same(pair, "PROPFIND", "/f", headers={**auth(lane), "Depth": "0"}, data=ALLPROP)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "bearer"},
+    ],
+)
+async def test_bad_credentials_match(
+    pair: tuple[Gateway, Gateway], headers: dict[str, str]
+) -> None:
+    status, hdrs, _ = await same(pair, "HEAD", "/f", headers=headers)
+    assert status == 401 and "www-authenticate" in hdrs
+    await same(pair, "PROPFIND", "/f", headers={**headers, "Depth": "0"})
+
+
+async def test_token_kinds_match(pair: tuple[Gateway, Gateway]) -> None:
+    lane, _ = pair
+    expired = lane.token(SCOPE, lifetime=-3600)
+    await same(pair, "HEAD", "/f", headers={"Authorization": f"Bearer {expired}"})
+    other_path = auth(lane, "storage.read:/d")
+    status, _, _ = await same(pair, "HEAD", "/f", headers=other_path)
+    assert status == 403
+    await same(pair, "PROPFIND", "/f", headers={**other_path, "Depth": "0"})
+    token = lane.token(SCOPE)
+    await same(pair, "HEAD", f"/f?authz={token}")
+    await same(pair, "HEAD", f"/f?authz=Bearer%20{token}")
+    await same(pair, "HEAD", f"/f?access_token={token}&access_token={token}")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Depth": "1"},
+        {"Depth": "infinity"},
+        {},
+        {"Depth": "0", "Transfer-Encoding": "chunked"},
+        {"Depth": "0", "Expect": "100-continue"},
+    ],
+)
+async def test_not_taken_requests_go_to_aiohttp(
+    pair: tuple[Gateway, Gateway], headers: dict[str, str]
+) -> None:
+    lane, _ = pair
+    kw: dict[str, Any] = {"headers": {**auth(lane), **headers}}
+    if "Transfer-Encoding" in headers or "Expect" in headers:
+        kw["data"] = ALLPROP
+    await same(pair, "PROPFIND", "/d", fast=False, **kw)
+
+
+async def test_too_many_connections_matches(make_gateway: Any) -> None:
+    lane: Gateway = await make_gateway(server={"max_connections_per_client": 1})
+    (lane.root / "f").write_bytes(b"x")
+    first = await asyncio.open_connection(lane.client.server.host, lane.client.server.port)
+    try:
+        out = await lane.raw(b"HEAD /f HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), out
+        assert b"Retry-After: 1\r\n" in out and b"Connection: close\r\n" in out
+    finally:
+        first[1].close()
+
+
+# -- framing, on raw sockets --------------------------------------------------------------------
+
+
+def responses(data: bytes) -> list[bytes]:
+    """Status lines of the responses in a byte stream (a body need not end with CRLF)."""
+    return re.findall(rb"HTTP/1\.[01] \d{3} [A-Za-z -]+(?=\r\n)", data)
+
+
+async def test_pipelined_fast_then_slow_then_fast(pair: tuple[Gateway, Gateway]) -> None:
+    lane, _ = pair
+    tok = lane.token(SCOPE)
+    a = f"Authorization: Bearer {tok}\r\nHost: x\r\n".encode()
+    req = (
+        b"HEAD /f HTTP/1.1\r\n"
+        + a
+        + b"\r\n"
+        + b"PROPFIND /f HTTP/1.1\r\nDepth: 0\r\nContent-Length: 0\r\n"
+        + a
+        + b"\r\n"
+        + b"PUT /new HTTP/1.1\r\nContent-Length: 3\r\n"
+        + a
+        + b"\r\nabc"
+        + b"HEAD /new HTTP/1.1\r\n"
+        + a
+        + b"Connection: close\r\n\r\n"
+    )
+    out = await lane.raw(req)
+    assert responses(out) == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 207 Multi-Status",
+        b"HTTP/1.1 201 Created",
+        b"HTTP/1.1 200 OK",
+    ], out
+    assert (lane.root / "new").read_bytes() == b"abc"
+    assert served(lane) == 2  # the last HEAD came after the hand-over
+
+
+async def test_head_in_pieces_and_keep_alive(pair: tuple[Gateway, Gateway]) -> None:
+    lane, _ = pair
+    tok = lane.token(SCOPE)
+    server = lane.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        req = f"HEAD /f HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n\r\n".encode()
+        for _ in range(3):  # three requests on one connection, each sent in 7-byte pieces
+            for i in range(0, len(req), 7):
+                writer.write(req[i : i + 7])
+                await writer.drain()
+                await asyncio.sleep(0)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 11\r\n" in head
+            assert b"Server: segate\r\n" in head
+        assert served(lane) == 3
+    finally:
+        writer.close()
+
+
+def _no_date(data: bytes) -> bytes:
+    return re.sub(rb"Date: [^\r]*\r\n", b"", data)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HEAD /f HTTP/1.0\r\n",
+        b"HEAD /f HTTP/1.0\r\nConnection: keep-alive\r\n",
+        b"HEAD /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+        b"HEAD /f HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n",
+        b"PROPFIND /d HTTP/1.0\r\nDepth: 0\r\n",
+        b"PROPFIND /d HTTP/1.1\r\nHost: x\r\nDepth: 0\r\nConnection: close\r\n",
+    ],
+)
+@pytest.mark.parametrize("authorized", [True, False])
+async def test_versions_and_connection_headers_match(
+    pair: tuple[Gateway, Gateway], head: bytes, authorized: bool
+) -> None:
+    lane, plain = pair
+    extra = f"Authorization: Bearer {lane.token(SCOPE)}\r\n".encode() if authorized else b""
+    data = head + extra + b"\r\n"
+    a = await lane.raw(data, read_timeout=0.5)
+    b = await plain.raw(data, read_timeout=0.5)
+    assert served(lane) == 1
+    assert _no_date(a) == _no_date(b)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HEAD /f HTTP/1.1\nHost: x\n\n",  # bare LF
+        b"HEAD /f HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"HEAD /f HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"HEAD http://x/f HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PROPFIND /f HTTP/1.1\r\nDepth: 0\r\nContent-Length: x\r\n\r\n",
+        b"HEAD /f HTTP/1.1\r\nX: " + b"a" * 40000 + b"\r\n\r\n",
+        b"HEAD /f HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"HEAD /f HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"HEAD /f HTTP/2.0\r\nHost: a\r\n\r\n",
+    ],
+    ids=[
+        "bare-lf",
+        "bad-header",
+        "two-lengths",
+        "absolute-form",
+        "bad-length",
+        "long-header",
+        "no-host",
+        "two-hosts",
+        "http2",
+    ],
+)
+async def test_odd_heads_answered_like_aiohttp(pair: tuple[Gateway, Gateway], data: bytes) -> None:
+    lane, plain = pair
+    a = await lane.raw(data, read_timeout=1)
+    b = await plain.raw(data, read_timeout=1)
+    sa = a.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    sb = b.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    assert sa == sb, (a[:300], b[:300])
+    assert served(lane) == 0  # aiohttp answered these
+
+
+async def test_access_log_line_per_lane_request(
+    pair: tuple[Gateway, Gateway], access_lines: Any
+) -> None:
+    lane, _ = pair
+    tok = lane.token(SCOPE)
+    await answer(lane, "HEAD", f"/f?authz={tok}")
+    await answer(lane, "PROPFIND", "/missing", headers={**auth(lane), "Depth": "0"})
+    lines = access_lines()
+    assert any("method=HEAD" in ln and "status=200" in ln and "bytes=11" in ln for ln in lines)
+    assert any("method=PROPFIND" in ln and "status=404" in ln for ln in lines)
+    assert not any(tok in ln for ln in lines)
