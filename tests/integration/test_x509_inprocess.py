@@ -35,7 +35,7 @@ from segate.web.app import create_app
 from segate.web.tls import server_ssl_context
 from testbed.pki import FQANS, USER_DN, TestPKI
 from tests.conftest import AUDIENCE, ISSUER, base_config
-from tests.x509_forge import NOW, ac_extension, make_ac, make_proxy
+from tests.x509_forge import ac_extension, make_ac, make_proxy
 
 RULES: list[dict[str, Any]] = [
     {"path": "/data/prod", "allow": ["read", "modify"], "who": ["fqan:/testvo/Role=production"]},
@@ -304,7 +304,9 @@ async def test_macaroon_from_a_proxy_carries_its_identity(
     vkey = serialization.load_pem_private_key(grid_pki.voms_key.read_bytes(), None)
     assert isinstance(vkey, rsa.RSAPrivateKey)
     user = x509.load_pem_x509_certificate(grid_pki.user_cert.read_bytes())
-    ac = make_ac(user, voms, vkey, fqans=FQANS, not_after=NOW + dt.timedelta(minutes=2))
+    # ends 2 minutes from now (not from the module's NOW: the suite may reach this later)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
+    ac = make_ac(user, voms, vkey, fqans=FQANS, not_after=soon)
     user_key = serialization.load_pem_private_key(grid_pki.user_key.read_bytes(), None)
     assert isinstance(user_key, rsa.RSAPrivateKey)
     proxy, pkey = make_proxy(user, user_key, extensions=[ac_extension(ac)])
