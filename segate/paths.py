@@ -17,12 +17,17 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from segate.errors import BadRequest, UriTooLong
 
 _HEX = frozenset("0123456789abcdefABCDEF")
+#: what ``url_path`` leaves unescaped: quote()'s always-safe characters and these
+_URL_SAFE_CHARS = "!$&'()*+,;=:@~-._"
+#: a joined path ``quote(segment, safe=_URL_SAFE_CHARS)`` would return unchanged, plus "/"
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~!$&'()*+,;=:@/-]*")
 #: a path segment the gateway keeps for itself (staging area, metadata); never reachable
 RESERVED_SEGMENT = ".segate"
 MAX_PATH_BYTES = 4096
@@ -148,7 +153,11 @@ class LogicalPath:
 
     def url_path(self, *, collection: bool = False) -> str:
         """Percent-encoded for hrefs and Location headers; round-trips through parse_url_path."""
-        enc = "/" + "/".join(quote(s, safe="!$&'()*+,;=:@~-._") for s in self.segments)
+        joined = "/".join(self.segments)
+        if _URL_SAFE.fullmatch(joined) and joined.count("/") == max(len(self.segments) - 1, 0):
+            enc = "/" + joined  # nothing quote() would change (no segment holds a "/")
+        else:
+            enc = "/" + "/".join(quote(s, safe=_URL_SAFE_CHARS) for s in self.segments)
         if collection and not enc.endswith("/"):
             enc += "/"
         return enc
@@ -174,7 +183,33 @@ def parse_url_path(raw: str) -> RequestPath:
         raise BadRequest(f"bad request path: {exc}") from exc
 
 
+#: a path :func:`_parse_url_path` can take without decoding or checking characters: printable
+#: ASCII without ``%`` (no escape) and ``\\`` (no separator inside a segment), from ``/``
+_PLAIN_PATH = re.compile(r"/[\x20-\x24\x26-\x5b\x5d-\x7e]*")
+
+
 def _parse_url_path(raw: str) -> RequestPath:
+    if _PLAIN_PATH.fullmatch(raw) is not None:
+        # the general loop below for this input: one byte per character, nothing to decode, no
+        # character _check_segment_chars refuses; only "."/".." and the lengths remain
+        if len(raw) > MAX_PATH_BYTES:
+            raise PathTooLong("path too long")
+        plain: list[str] = []
+        for seg in raw.split("/"):
+            if seg == "" or seg == ".":
+                continue
+            if seg == "..":
+                if plain:
+                    plain.pop()
+                continue
+            if len(seg) > MAX_SEGMENT_BYTES:
+                raise PathError(f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes")
+            plain.append(seg)
+        return RequestPath(LogicalPath(tuple(plain)), raw != "/" and raw.endswith("/"))
+    return _parse_url_path_general(raw)
+
+
+def _parse_url_path_general(raw: str) -> RequestPath:
     if any(0xD800 <= ord(c) <= 0xDFFF for c in raw):
         raise PathError("path is not valid UTF-8")
     if len(raw.encode("utf-8")) > MAX_PATH_BYTES:

@@ -25,8 +25,10 @@ Rules (PROTOCOLS.md §1.1-1.6, §2, §8; field reports B02, B05, B06, B07, B08):
   Any ``storage.*`` scope (even ``poll``, or an unknown ``storage.<op>``) makes the token a
   capability token (``capabilities`` is a tuple, maybe empty); with none it is an identity
   token (``capabilities is None``), judged by site rules on ``wlcg.groups`` (§1.5).
-* Verified tokens are cached by sha256 of the token until ``min(exp, verified + 300 s)``; a hit
-  never extends that (B07), and failures are never cached.
+* Verified tokens are cached until ``min(exp, verified + 300 s)``; a hit never extends that
+  (B07), and failures are never cached. The key is the token itself (up to
+  :data:`STR_KEY_MAX_CHARS`; a longer one by its sha256), so a request with a cached token is
+  recognised and answered by one dict lookup, before any parsing.
 * Every failure is :class:`segate.errors.Unauthenticated` with a short one-line reason. Untrusted
   values in reasons are truncated and escaped; the token itself never appears in one.
 """
@@ -61,6 +63,9 @@ SCITOKENS_ANY_AUDIENCE = "ANY"
 CACHE_MAX_AGE = 300.0
 #: bigger bearer tokens are refused before any parsing (XRootD CGI tokens stay far below)
 MAX_TOKEN_BYTES = 32 * 1024
+#: cache keys: the token string itself up to this length (a WLCG token is ~1 KiB), else its
+#: sha256, so the cache holds at most ``cache_size`` * this many characters of tokens
+STR_KEY_MAX_CHARS = 4096
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _WLCG_VER = re.compile(r"1\.[0-9]+")
@@ -154,9 +159,11 @@ class JwtAuthenticator:
         self._issuers = {i.issuer: i for i in tokens.issuers}
         self._audiences = frozenset((*tokens.audiences, *server_audiences))
         self._clock = clock
-        self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
+        self._cache: OrderedDict[str | bytes, _Cached] = OrderedDict()
 
     def recognises(self, token: str) -> bool:
+        if len(token) <= STR_KEY_MAX_CHARS and token in self._cache:
+            return True  # verified before, so it has the shape below (a pure test of the token)
         parts = token.split(".")
         if len(parts) != 3 or not all(_B64URL.fullmatch(p) for p in parts):
             return False
@@ -169,13 +176,16 @@ class JwtAuthenticator:
     async def authenticate(self, token: str, creds: Credentials) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("token too large")
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        hit = self._cache.get(digest)
+        if len(token) <= STR_KEY_MAX_CHARS:
+            key: str | bytes = token
+        else:
+            key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        hit = self._cache.get(key)
         if hit is not None:
             if self._clock() < hit.until:
-                self._cache.move_to_end(digest)
+                self._cache.move_to_end(key)
                 return hit.principal
-            del self._cache[digest]
+            del self._cache[key]
         try:
             principal, until = await self._verify(token)
         except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
@@ -183,7 +193,7 @@ class JwtAuthenticator:
             # never a 500 (issue #8 fuzzing found ``"ver": []``); the type names the gap
             raise Unauthenticated(f"malformed token ({type(exc).__name__})") from None
         if self._tokens.cache_size > 0:
-            self._cache[digest] = _Cached(principal, until)
+            self._cache[key] = _Cached(principal, until)
             while len(self._cache) > self._tokens.cache_size:
                 self._cache.popitem(last=False)
         return principal

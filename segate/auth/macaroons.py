@@ -173,8 +173,15 @@ def _b64decode(token: str) -> bytes:
     return base64.urlsafe_b64decode(t + "=" * (-len(t) % 4))
 
 
+#: base64 characters whose 6 bits start an ASCII hex digit (0x30-0x39, 0x41-0x46, 0x61-0x66):
+#: a V1 packet starts with 4 hex digits, so a token starting otherwise is never a macaroon
+_HEX_FIRST_CHARS = frozenset("MNOQRYZ")
+
+
 def looks_like_macaroon(token: str) -> bool:
     """Cheap shape test: base64 of a V1 packet ``location`` or ``identifier``. No crypto."""
+    if not token or token[0] not in _HEX_FIRST_CHARS:
+        return False  # e.g. every JWT ("eyJ"): no decoding needed to say no
     head = token[:20]
     if len(head) < 20 or not _B64.fullmatch(head):
         return False

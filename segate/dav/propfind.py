@@ -54,6 +54,13 @@ async def propfind_answer(ctx: Access, depth: str, body: bytes) -> tuple[int, by
     lane share it)."""
     preq = parse_propfind(body, max_size=ctx.services.settings.server.max_body_xml)
     ctx.authorize(Op.STAT)
+    want_dead = needs_dead_properties(preq)
+    if depth == "0" and want_dead:  # one storage call for the most frequent PROPFIND
+        info, stored = await ctx.storage.stat_with_properties(ctx.path)
+        if info is None:
+            raise NotFound("no such file or collection")
+        xml = render_multistatus([info], preq, href_of=href_of, dead=[dead_properties(stored)])
+        return 207, xml
     info = await ctx.storage.stat(ctx.path)
     if info is None:
         raise NotFound("no such file or collection")
@@ -67,7 +74,7 @@ async def propfind_answer(ctx: Access, depth: str, body: bytes) -> tuple[int, by
             return 507, error_body("number-of-matches-within-limits")
         entries.extend(children)
     dead = None
-    if needs_dead_properties(preq):
+    if want_dead:
         stored = await ctx.storage.read_properties([e.path for e in entries])
         dead = [dead_properties(s) for s in stored]
     return 207, render_multistatus(entries, preq, href_of=href_of, dead=dead)

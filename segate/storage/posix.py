@@ -161,6 +161,9 @@ def _read_cached(fd: int, n: int, pos: int) -> bytearray | None:
     return buf
 
 
+_O_PATH = os.O_PATH | os.O_CLOEXEC
+
+
 def _resolve(path: str) -> str:
     """``os.path.realpath`` of an existing path, resolved by the kernel in three syscalls.
 
@@ -169,7 +172,7 @@ def _resolve(path: str) -> str:
     Anything unusual (a dangling link, no /proc) falls back to ``realpath``.
     """
     try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        fd = os.open(path, _O_PATH)
     except OSError:
         return os.path.realpath(path)
     try:
@@ -378,6 +381,9 @@ class PosixStorage:
         self.metadata_in_loop = metadata_in_loop
         self.reserved = os.path.join(self.root, RESERVED_SEGMENT)
         self.staging = os.path.join(self.reserved, "tmp")
+        self._root_prefix = self.root + os.sep
+        self._join_prefix = os.path.join(self.root, "")
+        self._reserved_prefix = self.reserved + os.sep
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> int:
@@ -404,7 +410,8 @@ class PosixStorage:
 
     # -- path mapping -------------------------------------------------------------------------
     def _real(self, path: LogicalPath) -> str:
-        return os.path.join(self.root, *path.segments) if path.segments else self.root
+        # os.path.join(root, *segments) for segments that hold no "/" (LogicalPath's rule)
+        return self._join_prefix + "/".join(path.segments) if path.segments else self.root
 
     def _check_confined(self, real: str) -> None:
         probe = real
@@ -415,10 +422,13 @@ class PosixStorage:
             if parent == probe:
                 break
             probe = parent
-        resolved = _resolve(probe)
-        if resolved != self.root and not resolved.startswith(self.root + os.sep):
+        self._check_resolved(_resolve(probe))
+
+    def _check_resolved(self, resolved: str) -> None:
+        """Refuse a resolved (real) path outside the root or inside the reserved area."""
+        if resolved != self.root and not resolved.startswith(self._root_prefix):
             raise EscapeError("path leaves the storage root")
-        if resolved == self.reserved or resolved.startswith(self.reserved + os.sep):
+        if resolved == self.reserved or resolved.startswith(self._reserved_prefix):
             # a symlink inside the root that leads into the staging area
             raise EscapeError("path leads into the gateway's reserved area")
 
@@ -427,9 +437,44 @@ class PosixStorage:
         self._check_confined(real)
         return real
 
+    def _confined_fd(self, real: str) -> int:
+        """An ``O_PATH`` descriptor of ``real`` once it is known to be confined, or -1.
+
+        The common case of :meth:`_check_confined` without its ``lstat`` walk: an existing
+        path is opened with ``O_PATH`` (no side effect on any file type) and its real path read
+        from ``/proc/self/fd`` and checked. A caller that can ask the descriptor (``fstat``)
+        need not walk the path again, and then sees the very object that was checked. -1
+        (nothing open) when the path cannot be opened or resolved this way (missing, dangling
+        link, no /proc, ...): the caller then runs the general :meth:`_check_confined`.
+        EscapeError as there.
+        """
+        try:
+            fd = os.open(real, _O_PATH)
+        except OSError:
+            return -1
+        try:
+            resolved = os.readlink(f"/proc/self/fd/{fd}")
+            if resolved.startswith("/"):
+                self._check_resolved(resolved)
+                return fd
+        except OSError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return -1
+
     # -- namespace ----------------------------------------------------------------------------
     def _stat_sync(self, path: LogicalPath) -> FileInfo | None:
-        real = self._confined(path)
+        real = self._real(path)
+        fd = self._confined_fd(real)
+        if fd >= 0:
+            try:
+                return _info(path, os.fstat(fd))
+            finally:
+                os.close(fd)
+        self._check_confined(real)
         try:
             return _info(path, os.stat(real))
         except FileNotFoundError:
@@ -440,6 +485,34 @@ class PosixStorage:
     async def stat(self, path: LogicalPath) -> FileInfo | None:
         try:
             return await self._meta(self._stat_sync, path)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
+    def _stat_with_properties_sync(
+        self, path: LogicalPath
+    ) -> tuple[FileInfo | None, dict[str, str]]:
+        real = self._real(path)
+        fd = self._confined_fd(real)
+        if fd >= 0:
+            try:
+                info = _info(path, os.fstat(fd))
+            finally:
+                os.close(fd)
+        else:
+            self._check_confined(real)
+            try:
+                info = _info(path, os.stat(real))
+            except (FileNotFoundError, NotADirectoryError):
+                return None, {}
+        return info, deadprops.read(real)
+
+    async def stat_with_properties(
+        self, path: LogicalPath
+    ) -> tuple[FileInfo | None, dict[str, str]]:
+        """:meth:`stat` and :meth:`read_properties` of one resource with one confinement check
+        (a Depth-0 PROPFIND's whole storage work)."""
+        try:
+            return await self._meta(self._stat_with_properties_sync, path)
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
@@ -603,9 +676,20 @@ class PosixStorage:
             raise _map_oserror(exc) from exc
 
     # -- dead properties (storage/deadprops.py) ----------------------------------------------
+    def _read_properties_sync(self, path: LogicalPath) -> dict[str, str]:
+        real = self._real(path)
+        fd = self._confined_fd(real)
+        if fd < 0:
+            self._check_confined(real)
+        else:
+            # by path, as before: getxattr through the descriptor's /proc link costs more
+            # than the path walk (and an O_PATH descriptor has no fgetxattr)
+            os.close(fd)
+        return deadprops.read(real)
+
     async def read_properties(self, paths: Sequence[LogicalPath]) -> list[dict[str, str]]:
         def run() -> list[dict[str, str]]:
-            return [deadprops.read(self._confined(p)) for p in paths]
+            return [self._read_properties_sync(p) for p in paths]
 
         try:
             return await (self._meta(run) if len(paths) == 1 else self._run(run))

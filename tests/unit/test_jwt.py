@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from segate.auth.chain import Credentials
 from segate.auth.jwks import IssuerKey, KeyStore
-from segate.auth.jwt import JwtAuthenticator, default_audiences, grants_from_scopes
+from segate.auth.jwt import (
+    CACHE_MAX_AGE,
+    STR_KEY_MAX_CHARS,
+    JwtAuthenticator,
+    default_audiences,
+    grants_from_scopes,
+)
 from segate.auth.principal import Grant, Kind, Permission
 from segate.config import WLCG_ANY_AUDIENCE, IssuerConfig, TokensConfig
 from segate.errors import Unauthenticated
@@ -449,6 +455,28 @@ async def test_failures_not_cached_and_cache_bounded(tmp_path: Path, keys: Issue
     assert off.store.calls == 2
     await e.store.close()
     await off.store.close()
+
+
+async def test_cache_keyed_by_token_and_long_tokens_by_digest(env: Env) -> None:
+    """A cached token is recognised and answered before any parsing; one longer than
+    STR_KEY_MAX_CHARS is cached under its sha256 instead, with the same behaviour."""
+    short = env.mint(scope="storage.read:/")
+    long = env.mint(scope="storage.read:/", extra_claims={"pad": "x" * (STR_KEY_MAX_CHARS * 2)})
+    assert len(short) <= STR_KEY_MAX_CHARS < len(long)
+    for tok in (short, long):
+        first = await env.ok(tok)
+        calls = env.store.calls
+        assert env.auth.recognises(tok)
+        assert await env.ok(tok) is first
+        assert await env.ok((tok + " ")[:-1]) is first  # an equal string, not the same object
+        assert env.store.calls == calls
+        # a cached token is only recognised as itself: a changed one is parsed from scratch
+        assert not env.auth.recognises(tok + ".x") and not env.auth.recognises(" " + tok)
+    assert set(map(type, env.auth._cache)) == {str, bytes}
+    env.clock.t += CACHE_MAX_AGE  # an expired entry: verified again, same answer
+    again = await env.ok(short)
+    assert again is not first and again.subject == first.subject
+    assert env.store.calls == calls + 1
 
 
 # -- property: the scope parser never widens (B02) ------------------------------------------
