@@ -56,10 +56,10 @@ async def propfind_answer(ctx: Access, depth: str, body: bytes) -> tuple[int, by
     ctx.authorize(Op.STAT)
     want_dead = needs_dead_properties(preq)
     if depth == "0" and want_dead:  # one storage call for the most frequent PROPFIND
-        info, stored = await ctx.storage.stat_with_properties(ctx.path)
+        info, props = await ctx.storage.stat_with_properties(ctx.path)
         if info is None:
             raise NotFound("no such file or collection")
-        xml = render_multistatus([info], preq, href_of=href_of, dead=[dead_properties(stored)])
+        xml = render_multistatus([info], preq, href_of=href_of, dead=[dead_properties(props)])
         return 207, xml
     info = await ctx.storage.stat(ctx.path)
     if info is None:
