@@ -124,7 +124,10 @@ class Results:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(self.to_json(), indent=1) + "\n")
         (out / "summary.txt").write_text(self.summary() + "\n")
-        self.plot(out / "bench.png")
+        try:
+            self.plot(out / "bench.png")
+        except ImportError:  # the figures are in results.json / summary.txt either way
+            print("no bench.png: matplotlib is missing (pip install -e '.[bench]')")
 
     def plot(self, path: Path) -> None:
         import matplotlib
