@@ -67,8 +67,8 @@ async def propfind_answer(ctx: Access, depth: str, body: bytes) -> tuple[int, by
     entries = [info]
     if info.is_dir and depth == "1":
         ctx.authorize(Op.LIST)
-        children = await ctx.storage.listdir(ctx.path)
         limit = ctx.services.settings.server.max_propfind_entries
+        children = await ctx.storage.listdir(ctx.path, limit)
         if len(children) > limit:
             ctx.reasons.append(f"PROPFIND: {len(children)} entries, over {limit}")
             return 507, error_body("number-of-matches-within-limits")

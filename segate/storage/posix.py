@@ -516,11 +516,13 @@ class PosixStorage:
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
-    def _listdir_sync(self, path: LogicalPath) -> list[FileInfo]:
+    def _listdir_sync(self, path: LogicalPath, limit: int | None = None) -> list[FileInfo]:
         real = self._confined(path)
         out: list[FileInfo] = []
         with os.scandir(real) as it:
             for entry in it:
+                if limit is not None and len(out) > limit:
+                    break  # one over the limit is enough for the caller to refuse
                 if path.is_root and entry.name == RESERVED_SEGMENT:
                     continue
                 if any(0xD800 <= ord(c) <= 0xDFFF for c in entry.name):
@@ -535,9 +537,11 @@ class PosixStorage:
         out.sort(key=lambda i: i.path.name)
         return out
 
-    async def listdir(self, path: LogicalPath) -> list[FileInfo]:
+    async def listdir(self, path: LogicalPath, limit: int | None = None) -> list[FileInfo]:
+        """The collection's entries, sorted by name; with ``limit``, at most ``limit + 1``
+        (the directory is not read further: a caller refuses more than ``limit`` anyway)."""
         try:
-            return await self._run(self._listdir_sync, path)
+            return await self._run(self._listdir_sync, path, limit)
         except OSError as exc:
             raise _map_oserror(exc) from exc
 

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,6 +100,22 @@ async def test_propfind_depth1_of_a_large_folder_is_507(make_gateway: Callable[.
     assert r.status == 207
     r = await gw.client.request("PROPFIND", "/big/", headers={**h, "Depth": "0"})
     assert r.status == 207
+
+
+async def test_listing_stops_reading_past_the_limit(tmp_path: Path) -> None:
+    """The 507 above is decided without reading (and stat-ing) the whole folder."""
+    from segate.paths import LogicalPath
+    from segate.storage.posix import PosixStorage
+
+    (tmp_path / "big").mkdir()
+    for i in range(200):
+        (tmp_path / "big" / f"f{i:03d}").write_bytes(b"")
+    storage = PosixStorage(tmp_path)
+    storage.prepare()
+    big = LogicalPath(("big",))
+    assert len(await storage.listdir(big, 10)) == 11
+    assert len(await storage.listdir(big, 200)) == 200
+    assert len(await storage.listdir(big)) == 200
 
 
 async def test_anonymous_third_party_copy_is_401(make_gateway: Callable[..., Any]) -> None:
