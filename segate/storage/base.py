@@ -65,6 +65,11 @@ class InvalidTargetError(StorageError):
     pass
 
 
+class NotRegularError(StorageError):
+    """A FIFO, socket or device node in the storage area: never opened (a FIFO's open would
+    block the worker until some writer appears), answered 403."""
+
+
 class BackendError(StorageError):
     pass
 

@@ -54,6 +54,7 @@ from segate.storage.base import (
     NotADirectoryError_,
     NotEmptyError,
     NotFoundError,
+    NotRegularError,
     ParentMissingError,
     StorageError,
     UnavailableError,
@@ -709,11 +710,16 @@ class PosixStorage:
     # -- data ---------------------------------------------------------------------------------
     def _open_sync(self, path: LogicalPath) -> tuple[int, FileInfo]:
         real = self._confined(path)
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, with the
+        # event loop (metadata_in_loop) or an executor thread stuck; regular files ignore it
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         st = os.fstat(fd)
-        if stat_mod.S_ISDIR(st.st_mode):
+        if not stat_mod.S_ISREG(st.st_mode):
             os.close(fd)
-            raise IsADirectoryError_("is a collection")
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise IsADirectoryError_("is a collection")
+            raise NotRegularError("not a regular file")
+        os.set_blocking(fd, True)  # as before for the reads (a FUSE or NFS file may differ)
         return fd, _info(path, st)
 
     async def open_read(self, path: LogicalPath) -> PosixReadHandle:

@@ -32,6 +32,7 @@ _STORAGE_STATUS: dict[type[sb.StorageError], int] = {
     sb.NoSpaceError: 507,
     sb.EscapeError: 403,
     sb.InvalidTargetError: 409,
+    sb.NotRegularError: 403,
     sb.UnavailableError: 503,
     sb.BackendError: 500,
 }

@@ -159,3 +159,19 @@ async def test_transfer_cut_by_shutdown_ends_with_failure_line(
         assert final == "failure: server shutting down"
     finally:
         await remote.close()
+
+
+@pytest.mark.parametrize("fast_lane", [True, False])
+async def test_a_fifo_is_refused_not_opened(
+    make_gateway: Callable[..., Any], fast_lane: bool
+) -> None:
+    """GET, or HEAD with Want-Digest, of a FIFO in the storage root used to open it for
+    reading, which blocks until a writer appears: the worker's event loop stood still."""
+    gw: Gateway = await make_gateway(server={"fast_lane": fast_lane})
+    os.mkfifo(gw.root / "pipe")
+    h = gw.bearer("storage.read:/")
+    for method, extra in (("GET", {}), ("HEAD", {"Want-Digest": "adler32"})):
+        r = await asyncio.wait_for(gw.client.request(method, "/pipe", headers={**h, **extra}), 10)
+        assert r.status == 403, (method, r.status)
+    r = await gw.client.request("HEAD", "/pipe", headers=h)  # a stat alone is fine
+    assert r.status == 200
