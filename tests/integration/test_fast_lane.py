@@ -328,3 +328,77 @@ async def test_access_log_line_per_lane_request(
     assert any("method=HEAD" in ln and "status=200" in ln and "bytes=11" in ln for ln in lines)
     assert any("method=PROPFIND" in ln and "status=404" in ln for ln in lines)
     assert not any(tok in ln for ln in lines)
+
+
+# -- found by a tester: each must answer as aiohttp does ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\n",
+        b"Connection: upgrade\r\nUpgrade: h2c\r\nDepth: 0\r\n",
+    ],
+    ids=["head-websocket", "propfind-h2c"],
+)
+async def test_upgrade_requests_are_answered_like_aiohttp(
+    pair: tuple[Gateway, Gateway], extra: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httptools raises HttpParserUpgrade (not an HttpParserError) for these: it used to escape
+    data_received, leave a traceback in the log and close the connection without an answer."""
+    lane, plain = pair
+    method = b"PROPFIND" if b"Depth" in extra else b"HEAD"
+    auth_line = f"Authorization: Bearer {lane.token(SCOPE)}\r\n".encode()
+    one = method + b" /f HTTP/1.1\r\nHost: x\r\n" + auth_line + extra + b"\r\n"
+    normal = b"HEAD /f HTTP/1.1\r\nHost: x\r\n" + auth_line + b"\r\n"
+    for data in (one, normal + one):
+        a = await lane.raw(data, read_timeout=1)
+        b = await plain.raw(data, read_timeout=1)
+        assert responses(a) == responses(b) and responses(a), (a[:300], b[:300])
+    assert "Traceback" not in caplog.text and "Fatal error" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?x=1#&authz={t}", "?authz={t}#x", "?authz={t}#&authz=zz", "?access_token={t}#frag"],
+)
+async def test_fragment_is_not_part_of_the_query(pair: tuple[Gateway, Gateway], query: str) -> None:
+    """aiohttp drops a ``#fragment`` from the query; the lane read tokens from it."""
+    lane, plain = pair
+    target = "/f" + query.format(t=lane.token(SCOPE))
+    data = f"HEAD {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    a = await lane.raw(data)
+    b = await plain.raw(data)
+    assert _no_date(a) == _no_date(b)
+
+
+async def test_many_headers_answered_like_aiohttp(pair: tuple[Gateway, Gateway]) -> None:
+    lane, plain = pair
+    auth_line = f"Authorization: Bearer {lane.token(SCOPE)}\r\n".encode()
+    for n in (90, 126, 200):
+        data = (
+            b"HEAD /f HTTP/1.1\r\nHost: x\r\n"
+            + auth_line
+            + b"X-A: 1\r\n" * n
+            + b"Connection: close\r\n\r\n"
+        )
+        a = await lane.raw(data)
+        b = await plain.raw(data)
+        assert _no_date(a) == _no_date(b), n
+
+
+async def test_partial_method_counts_as_a_slow_head(pair: tuple[Gateway, Gateway]) -> None:
+    lane, _ = pair
+    server = lane.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(b"HEA")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        conns = server.lane.connections  # type: ignore[attr-defined]
+        (conn,) = [c for c in conns if c.buf == b"HEA"]
+        assert conn.head_since is not None
+        conn.expire(conn.head_since + 31)  # past HEAD_TIMEOUT: closed
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
