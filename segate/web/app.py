@@ -189,21 +189,18 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return resp
     finally:
         conns.active -= 1
-        p = ctx.principal if ctx else None
-        if ctx and ctx.reasons and not reason:
-            reason = ctx.reasons[-1]
         ids = request.app[REQUEST_IDS]
-        request.app[ACCESS].emit(
-            id=f"{next(ids) & 0xFFFFFFFF:08x}",
+        request.app[ACCESS].request(
+            ids,
             client=request.remote or "-",
             method=request.method,
             target=raw,
             status=resp.status if resp is not None else 499,
-            bytes=(resp.content_length or 0) if resp is not None else 0,
-            dur_ms=round((time.perf_counter() - started) * 1000, 2),
-            auth=p.kind.value if p else "-",
-            subject=p.label() if p else "-",
+            nbytes=(resp.content_length or 0) if resp is not None else 0,
+            started=started,
+            principal=ctx.principal if ctx else None,
             reason=reason,
+            decisions=ctx.reasons if ctx else (),
         )
 
 

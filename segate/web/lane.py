@@ -496,19 +496,17 @@ class LaneProtocol(asyncio.Protocol):
             raise
         finally:
             conns.active -= 1
-            if access and access.reasons and not reason:
-                reason = access.reasons[-1]
-            lane.access.emit(
-                id=f"{next(lane.ids) & 0xFFFFFFFF:08x}",
+            lane.access.request(
+                lane.ids,
                 client=self.remote,
                 method=req.method,
                 target=req.raw,
                 status=status,
-                bytes=sent,
-                dur_ms=round((time.perf_counter() - started) * 1000, 2),
-                auth=principal.kind.value if principal else "-",
-                subject=principal.label() if principal else "-",
+                nbytes=sent,
+                started=started,
+                principal=principal,
                 reason=reason,
+                decisions=access.reasons if access else (),
             )
             self.task = None
             self.last = self.loop.time()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from segate.auth.principal import Principal
 from segate.errors import SegateError
 from segate.storage import base as sb
 from segate.web.redact import redact_query, redact_text
@@ -64,6 +66,36 @@ class AccessLog:
 
     def __init__(self, fmt: str) -> None:
         self.json = fmt == "json"
+
+    def request(
+        self,
+        ids: Iterator[int],
+        *,
+        client: str,
+        method: str,
+        target: str,
+        status: int,
+        nbytes: int,
+        started: float,
+        principal: Principal | None,
+        reason: str,
+        decisions: Sequence[str] = (),
+    ) -> None:
+        """The line of one served request, the same from the fast lane and from aiohttp:
+        ``started`` is its ``time.perf_counter()``; without an error ``reason`` the last
+        authorisation decision is the reason."""
+        self.emit(
+            id=f"{next(ids) & 0xFFFFFFFF:08x}",
+            client=client,
+            method=method,
+            target=target,
+            status=status,
+            bytes=nbytes,
+            dur_ms=round((time.perf_counter() - started) * 1000, 2),
+            auth=principal.kind.value if principal else "-",
+            subject=principal.label() if principal else "-",
+            reason=reason or (decisions[-1] if decisions else ""),
+        )
 
     def emit(self, **fields: Any) -> None:
         if not access_log.isEnabledFor(logging.INFO):
