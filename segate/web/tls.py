@@ -24,6 +24,11 @@ directory, with RFC 3820 proxy certificates allowed (OpenSSL refuses them otherw
   the proxy's issuer and VOMS data. TLS 1.2 session-ID resumption cannot be turned off from
   Python; ``segate.web.credentials`` remembers the verified chain per session ID instead.
 
+* A handshake that fails is logged (``HandshakeLoggingSSLObject``): asyncio and uvloop report
+  TLS handshake errors only in debug mode, so an expired or untrusted proxy used to be refused
+  without a line in the server log. A refused client certificate is a WARNING with OpenSSL's
+  reason; other failures (scanners, clients that hang up) are INFO.
+
 Client (JWKS discovery, third-party copy): the system trust store plus ``ca_dir``.
 """
 
@@ -55,10 +60,28 @@ def ca_dir_has_crls(ca_dir: Path) -> bool:
     return bool(cas) and cas <= crls
 
 
+class HandshakeLoggingSSLObject(ssl.SSLObject):
+    """The server's TLS objects (``SSLContext.sslobject_class``): ``do_handshake`` logs why
+    a handshake failed before the event loop closes the connection silently."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            log.warning("TLS handshake refused a client certificate: %s", exc.verify_message)
+            raise
+        except ssl.SSLError as exc:
+            log.info("TLS handshake failed: %s", exc.reason or type(exc).__name__)
+            raise
+
+
 def _server_context(
     cert: Path, key: Path, ca_dir: Path | None, *, warn: bool = True
 ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.sslobject_class = HandshakeLoggingSSLObject
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
     if ca_dir is not None:
