@@ -467,8 +467,8 @@ class PosixStorage:
         return -1
 
     # -- namespace ----------------------------------------------------------------------------
-    def _stat_sync(self, path: LogicalPath) -> FileInfo | None:
-        real = self._real(path)
+    def _stat_real(self, path: LogicalPath, real: str) -> FileInfo | None:
+        """Stat ``real`` (``path``'s place) once its confinement is checked; None if missing."""
         fd = self._confined_fd(real)
         if fd >= 0:
             try:
@@ -478,10 +478,11 @@ class PosixStorage:
         self._check_confined(real)
         try:
             return _info(path, os.stat(real))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except NotADirectoryError:
-            return None
+
+    def _stat_sync(self, path: LogicalPath) -> FileInfo | None:
+        return self._stat_real(path, self._real(path))
 
     async def stat(self, path: LogicalPath) -> FileInfo | None:
         try:
@@ -493,19 +494,8 @@ class PosixStorage:
         self, path: LogicalPath
     ) -> tuple[FileInfo | None, dict[str, str]]:
         real = self._real(path)
-        fd = self._confined_fd(real)
-        if fd >= 0:
-            try:
-                info = _info(path, os.fstat(fd))
-            finally:
-                os.close(fd)
-        else:
-            self._check_confined(real)
-            try:
-                info = _info(path, os.stat(real))
-            except (FileNotFoundError, NotADirectoryError):
-                return None, {}
-        return info, deadprops.read(real)
+        info = self._stat_real(path, real)
+        return (info, deadprops.read(real)) if info is not None else (None, {})
 
     async def stat_with_properties(
         self, path: LogicalPath

@@ -18,10 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-
-def _peer_ip(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+from segate.web.credentials import peer_ip
 
 
 class ConnectionLimit:
@@ -40,7 +37,7 @@ class ConnectionLimit:
     def opened(self, transport: asyncio.BaseTransport) -> None:
         if self.limit <= 0 or transport in self._counted or transport in self._refused:
             return
-        ip = _peer_ip(transport)
+        ip = peer_ip(transport)
         if not ip:
             return
         n = self.counts.get(ip, 0)

@@ -21,7 +21,7 @@ import contextlib
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -117,7 +117,7 @@ def _strip_bearer(value: str) -> str:
 
 
 def bearer_from(
-    headers: Mapping[str, str],
+    headers: MultiMapping[str],
     query_string: str,
     query: Callable[[], MultiMapping[str]],
     *,
@@ -127,7 +127,7 @@ def bearer_from(
 
     ``headers`` is a case-insensitive multi-mapping (CIMultiDictProxy); ``query`` gives the
     parsed query (only called when a query token may be used)."""
-    values = headers.getall("Authorization", [])  # type: ignore[attr-defined]
+    values = headers.getall("Authorization", [])
     if len(values) > 1:
         raise BadRequest("more than one Authorization header")
     if values:
@@ -152,7 +152,7 @@ def bearer_from(
 
 
 def credentials_from(
-    headers: Mapping[str, str],
+    headers: MultiMapping[str],
     query_string: str,
     query: Callable[[], MultiMapping[str]],
     transport: asyncio.BaseTransport | None,
@@ -173,6 +173,7 @@ def credentials_from(
 
 
 def peer_ip(transport: asyncio.BaseTransport | None) -> str:
+    """The client's address ("" when the transport has none, e.g. a Unix socket)."""
     peer = transport.get_extra_info("peername") if transport else None
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 

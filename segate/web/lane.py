@@ -55,7 +55,7 @@ from segate.web.app import (
     resolve_target,
 )
 from segate.web.context import Access
-from segate.web.credentials import credentials_from
+from segate.web.credentials import credentials_from, peer_ip
 from segate.web.middleware import error_response
 
 log = logging.getLogger("segate")
@@ -328,9 +328,8 @@ class LaneProtocol(asyncio.Protocol):
         # uvloop's TLS transport does not subclass asyncio.Transport; it has the same methods
         self.transport = cast(asyncio.Transport, transport)
         self.last = self.loop.time()
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and peer:
-            self.remote = self.ip = str(peer[0])
+        self.ip = peer_ip(transport)
+        self.remote = self.ip or "-"
         self.lane.connections.add(self)
         self.lane.conns.opened(self.transport)
 
