@@ -6,36 +6,15 @@ import argparse
 import json
 import logging
 import sys
-import time
 import tomllib
 from pathlib import Path
 
+from segate import logsink
 from segate.config import ConfigError, Settings, file_problems, load_settings, settings_from_dict
 from segate.defaults import data_dir, prepare_default, state_dir
 from segate.web.redact import install_log_filter
 
 log = logging.getLogger("segate")
-
-
-class LineFormatter(logging.Formatter):
-    """``logging.Formatter`` whose default ``asctime`` is rendered once per second.
-
-    The text is exactly the default's (``time.strftime(default_time_format, converter(t))``
-    and ``default_msec_format`` with the record's msecs); only the strftime is reused while
-    the second is the same (one access-log line per request made it a per-request cost).
-    """
-
-    _second = -1
-    _stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None or not self.default_msec_format:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
-        return self.default_msec_format % (self._stamp, record.msecs)
 
 
 def _setup_logging(fmt: str, level: str) -> None:
@@ -45,14 +24,7 @@ def _setup_logging(fmt: str, level: str) -> None:
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging._srcfile = None
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logsink.install(fmt == "json", level)
     install_log_filter()  # aiohttp's parser errors: no traceback, no raw request bytes (B09)
 
 

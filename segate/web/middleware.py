@@ -18,6 +18,7 @@ from aiohttp import web
 
 from segate.auth.principal import Principal
 from segate.errors import SegateError
+from segate.logsink import direct_sink
 from segate.storage import base as sb
 from segate.web.redact import redact_query, redact_text
 
@@ -83,18 +84,37 @@ class AccessLog:
     ) -> None:
         """The line of one served request, the same from the fast lane and from aiohttp:
         ``started`` is its ``time.perf_counter()``; without an error ``reason`` the last
-        authorisation decision is the reason."""
-        self.emit(
-            id=f"{next(ids) & 0xFFFFFFFF:08x}",
-            client=client,
-            method=method,
-            target=target,
-            status=status,
-            bytes=nbytes,
-            dur_ms=round((time.perf_counter() - started) * 1000, 2),
-            auth=principal.kind.value if principal else "-",
-            subject=principal.label() if principal else "-",
-            reason=reason or (decisions[-1] if decisions else ""),
+        authorisation decision is the reason. (The text line is :meth:`emit`'s, built without
+        the field dict: tests/unit/test_hot_path_equivalence.py compares them.)"""
+        ident = f"{next(ids) & 0xFFFFFFFF:08x}"
+        if not access_log.isEnabledFor(logging.INFO):
+            return  # nobody would see the line: build none
+        dur_ms = round((time.perf_counter() - started) * 1000, 2)
+        auth = principal.kind.value if principal else "-"
+        subject = principal.label() if principal else "-"
+        reason = reason or (decisions[-1] if decisions else "")
+        if self.json:
+            self.emit(
+                id=ident,
+                client=client,
+                method=method,
+                target=target,
+                status=status,
+                bytes=nbytes,
+                dur_ms=dur_ms,
+                auth=auth,
+                subject=subject,
+                reason=reason,
+            )
+            return
+        if "=" in target:  # a query parameter (so a secret) needs an "="
+            target = redact_query(target)
+        if reason:
+            reason = redact_text(reason)
+        _log_line(
+            f"id={ident} client={_value(client)} method={_value(method)} "
+            f"target={_value(target)} status={status} bytes={nbytes} dur_ms={dur_ms} "
+            f"auth={_value(auth)} subject={_value(subject)} reason={_value(reason)}"
         )
 
     def emit(self, **fields: Any) -> None:
@@ -106,7 +126,7 @@ class AccessLog:
         if fields.get("reason"):
             fields["reason"] = redact_text(str(fields["reason"]))
         if self.json:
-            access_log.info(_JSON.encode(fields))
+            _log_line(_JSON.encode(fields))
             return
         parts = []
         for k, v in fields.items():
@@ -118,7 +138,24 @@ class AccessLog:
                 if not s or " " in s or '"' in s or "=" in s:
                     s = json.dumps(s)
             parts.append(f"{k}={s}")
-        access_log.info(" ".join(parts))
+        _log_line(" ".join(parts))
+
+
+def _value(s: str) -> str:
+    """A text field's value in a text line: as is, or a JSON string when empty or when it holds
+    a space, ``"`` or ``=``."""
+    return json.dumps(s) if not s or " " in s or '"' in s or "=" in s else s
+
+
+def _log_line(message: str) -> None:
+    """Log one access-log line at INFO: straight to the serve process's handler when only it
+    would see the record (logsink.py), else through ``logging``."""
+    sink = direct_sink(access_log)
+    if sink is None or not sink.direct(_INFO, "segate.access", message):
+        access_log.info(message)
+
+
+_INFO = logging.getLevelName(logging.INFO)
 
 
 def now() -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import logging
 import math
@@ -30,7 +31,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from segate.__main__ import LineFormatter
+from segate.auth.principal import ANONYMOUS, Kind, Principal
+from segate.logsink import LineFormatter
 from segate.storage.base import EscapeError, StorageError
 from segate.storage.posix import _info as st_info
 from segate.web.middleware import AccessLog
@@ -138,6 +140,87 @@ def test_access_line_skipped_when_disabled(captured: Any) -> None:
     logging.getLogger("segate.access").setLevel(logging.WARNING)
     AccessLog("text").emit(id="1", target="/p?authz=x", status=200)
     assert captured.lines == []
+
+
+_PRINCIPALS = st.one_of(
+    st.none(),
+    st.just(ANONYMOUS),
+    st.builds(
+        Principal,
+        kind=st.sampled_from([Kind.JWT, Kind.MACAROON, Kind.X509]),
+        subject=st.one_of(st.text(max_size=20), _TOKENISH),
+        issuer=st.one_of(st.none(), st.sampled_from(["https://iss.example/", "a b", ""])),
+        dn=st.one_of(st.none(), st.sampled_from(["/DC=org/CN=a user", "/CN=x=y", ""])),
+    ),
+)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    client=st.one_of(st.sampled_from(["127.0.0.1", "::1", "-", ""]), st.text(max_size=10)),
+    method=st.one_of(st.sampled_from(["HEAD", "PROPFIND", "GET"]), st.text(max_size=8)),
+    target=st.one_of(st.text(max_size=60), _TOKENISH),
+    reason=st.one_of(st.text(max_size=60), _TOKENISH),
+    decisions=st.lists(st.one_of(st.text(max_size=30), _TOKENISH), max_size=2),
+    principal=_PRINCIPALS,
+    status=st.integers(100, 599),
+    nbytes=st.integers(0, 1 << 40),
+)
+@example(
+    client="127.0.0.1",
+    method="PROPFIND",
+    target="/data/f.bin",
+    reason="",
+    decisions=["scope storage.read:/"],
+    principal=Principal(kind=Kind.JWT, subject="user", issuer="https://iss.example/"),
+    status=207,
+    nbytes=549,
+)
+def test_request_line_equals_emit(
+    captured: Any,
+    client: str,
+    method: str,
+    target: str,
+    reason: str,
+    decisions: list[str],
+    principal: Principal | None,
+    status: int,
+    nbytes: int,
+) -> None:
+    """AccessLog.request builds the text line by hand: it is the line emit() built from the
+    same fields (and so the old code's line)."""
+    captured.lines.clear()
+    ids = itertools.count(0xABC)
+    AccessLog("text").request(
+        ids,
+        client=client,
+        method=method,
+        target=target,
+        status=status,
+        nbytes=nbytes,
+        started=time.perf_counter(),
+        principal=principal,
+        reason=reason,
+        decisions=decisions,
+    )
+    (line,) = captured.lines
+    dur = re.search(r" dur_ms=(\S+) ", line)
+    assert dur is not None
+    fields: dict[str, Any] = {
+        "id": "00000abc",
+        "client": client,
+        "method": method,
+        "target": target,
+        "status": status,
+        "bytes": nbytes,
+        "dur_ms": float(dur.group(1)),
+        "auth": principal.kind.value if principal else "-",
+        "subject": principal.label() if principal else "-",
+        "reason": reason or (decisions[-1] if decisions else ""),
+    }
+    assert line == old_access_line(False, **fields)
 
 
 def test_line_formatter_asctime_equals_default() -> None:
