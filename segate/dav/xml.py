@@ -277,11 +277,18 @@ _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("", "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def _utc(ts: float) -> time.struct_time:
-    """UTC calendar fields of ``ts``, clamped to 1970..9999 (NaN/inf: the epoch)."""
+def _second(ts: float) -> int:
+    """The whole second a date shows for ``ts``: clamped to 1970..9999, NaN/inf the epoch."""
     if not math.isfinite(ts):
-        ts = 0.0
-    return time.gmtime(int(min(max(ts, 0.0), _MAX_TIMESTAMP)))
+        return 0
+    return int(min(max(ts, 0.0), _MAX_TIMESTAMP))
+
+
+#: formatted dates by timestamp (a file stat'ed again has the same one; NaN never matches
+#: and is formatted each time); emptied when it reaches _DATES_MAX entries
+_HTTP_DATES: dict[float, str] = {}
+_RFC3339_DATES: dict[float, str] = {}
+_DATES_MAX = 4096
 
 
 def http_date(ts: float) -> str:
@@ -289,21 +296,33 @@ def http_date(ts: float) -> str:
 
     The same text as ``email.utils.format_datetime(..., usegmt=True)``, without a datetime.
     """
-    y, mo, d, h, mi, s, wd, _, _ = _utc(ts)
-    # email.utils' own format string; printf-style is ~1/3 cheaper than f-string format specs
-    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (  # noqa: UP031
-        _WEEKDAYS[wd],
-        d,
-        _MONTHS[mo],
-        y,
-        h,
-        mi,
-        s,
-    )
+    text = _HTTP_DATES.get(ts)
+    if text is None:
+        y, mo, d, h, mi, s, wd, _, _ = time.gmtime(_second(ts))
+        # email.utils' own format string; printf-style is cheaper than f-string format specs
+        text = "%s, %02d %s %04d %02d:%02d:%02d GMT" % (  # noqa: UP031
+            _WEEKDAYS[wd],
+            d,
+            _MONTHS[mo],
+            y,
+            h,
+            mi,
+            s,
+        )
+        if len(_HTTP_DATES) >= _DATES_MAX:
+            _HTTP_DATES.clear()
+        _HTTP_DATES[ts] = text
+    return text
 
 
 def rfc3339_date(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", _utc(ts))  # numeric fields only: locale-free
+    text = _RFC3339_DATES.get(ts)
+    if text is None:
+        text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_second(ts)))  # locale-free
+        if len(_RFC3339_DATES) >= _DATES_MAX:
+            _RFC3339_DATES.clear()
+        _RFC3339_DATES[ts] = text
+    return text
 
 
 def _quoted_etag(etag: str) -> str:
