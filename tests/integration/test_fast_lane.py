@@ -402,3 +402,44 @@ async def test_partial_method_counts_as_a_slow_head(pair: tuple[Gateway, Gateway
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+# -- requests that wait, and long pipelines ----------------------------------------------------
+
+
+async def test_requests_behind_one_that_waits_are_answered_after_it(
+    pair: tuple[Gateway, Gateway],
+) -> None:
+    """A HEAD with Want-Digest of a file without a stored checksum waits for a thread; the
+    requests pipelined behind it are answered after it, in order, on the same connection."""
+    lane, _ = pair
+    (lane.root / "big").write_bytes(os.urandom(3 << 20))
+    a = f"Authorization: Bearer {lane.token(SCOPE)}\r\nHost: x\r\n".encode()
+    req = (
+        b"HEAD /big HTTP/1.1\r\nWant-Digest: adler32\r\n" + a + b"\r\n"
+        b"HEAD /f HTTP/1.1\r\n" + a + b"\r\n"
+        b"PROPFIND /f HTTP/1.1\r\nDepth: 0\r\n" + a + b"Connection: close\r\n\r\n"
+    )
+    out = await lane.raw(req)
+    assert responses(out) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK", b"HTTP/1.1 207 Multi-Status"]
+    first, second = out.split(b"\r\n\r\n")[:2]
+    assert b"Digest: adler32=" in first and b"Content-Length: 3145728\r\n" in first
+    assert b"Content-Length: 11\r\n" in second
+    assert served(lane) == 3
+
+
+async def test_a_long_pipeline_and_another_connection(pair: tuple[Gateway, Gateway]) -> None:
+    """53 pipelined HEADs in one write: all answered, in order, and another connection is
+    served meanwhile."""
+    lane, _ = pair
+    a = f"Authorization: Bearer {lane.token(SCOPE)}\r\nHost: x\r\n".encode()
+    n = 53
+    heads = b"".join(f"HEAD /f?n={i} HTTP/1.1\r\n".encode() + a + b"\r\n" for i in range(n))
+    last = b"HEAD /empty HTTP/1.1\r\n" + a + b"Connection: close\r\n\r\n"
+    many, other = await asyncio.gather(
+        lane.raw(heads + last), lane.raw(b"HEAD /f HTTP/1.1\r\n" + a + b"Connection: close\r\n\r\n")
+    )
+    assert responses(many) == [b"HTTP/1.1 200 OK"] * (n + 1)
+    assert many.count(b"Content-Length: 11\r\n") == n
+    assert many.rfind(b"Content-Length: 0\r\n") > many.rfind(b"Content-Length: 11\r\n")
+    assert responses(other) == [b"HTTP/1.1 200 OK"]
