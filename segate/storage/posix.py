@@ -33,7 +33,6 @@ import secrets
 import shutil
 import stat as stat_mod
 import threading
-import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +58,11 @@ from segate.storage.base import (
     StorageError,
     UnavailableError,
 )
+
+try:  # ISA-L's adler32: the same values, ~6x faster than zlib's (0.06 against 0.35 s per GiB)
+    from isal.isal_zlib import adler32
+except ImportError:  # a platform isal has no wheel for
+    from zlib import adler32
 
 T = TypeVar("T")
 XATTR_PREFIX = "user.segate."
@@ -112,7 +116,7 @@ class _Hasher:
 
     def update(self, data: bytes | memoryview) -> None:
         if self.algorithm == "adler32":
-            self.adler = zlib.adler32(data, self.adler)
+            self.adler = adler32(data, self.adler)
         elif self.algorithm == "crc32c":
             self.crc = google_crc32c.extend(self.crc, bytes(data))
         else:
@@ -160,6 +164,26 @@ def _read_cached(fd: int, n: int, pos: int) -> bytearray | None:
     if got < n:
         del buf[got:]
     return buf
+
+
+#: bytes checksummed then written per ``writev`` of an upload: small enough that the kernel's
+#: copy into the page cache finds the pieces still in the CPU cache, where the checksum left
+#: them. Measured (adler32 + writev of 1 GiB in 256 KiB pieces, 2-core EPYC VM): 128-512 KiB
+#: slices 0.55-0.65 s of CPU, 1 MiB 1.2 s, the whole 4 MiB block at once 1.5-2.2 s
+_WRITE_SLICE = 256 << 10
+_IOV_MAX = 1024
+
+
+def _writev_all(fd: int, views: list[memoryview]) -> None:
+    """``writev`` until every view is written (``views`` is consumed)."""
+    while views:
+        n = os.writev(fd, views)
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 _O_PATH = os.O_PATH | os.O_CLOEXEC
@@ -268,27 +292,29 @@ class PosixUpload:
         with self._fd_lock:
             if self._fd < 0:
                 raise OSError(errno.EBADF, "upload was aborted")
-            if self._hasher is not None:
-                for part in parts:
-                    self._hasher.update(part)
-            views = [memoryview(p) for p in parts if p]
-            while views:
-                batch = views[:1024]  # IOV_MAX
-                n = os.writev(self._fd, batch)
-                while n and batch:
-                    if n >= len(batch[0]):
-                        n -= len(batch[0])
-                        batch.pop(0)
-                        views.pop(0)
-                    else:
-                        views[0] = views[0][n:]
-                        n = 0
+            hasher = self._hasher
+            views: list[memoryview] = []
+            size = 0
+            for part in parts:
+                whole = memoryview(part)
+                for off in range(0, len(whole), _WRITE_SLICE):
+                    view = whole[off : off + _WRITE_SLICE]
+                    if hasher is not None:
+                        hasher.update(view)
+                    views.append(view)
+                    size += len(view)
+                    if size >= _WRITE_SLICE or len(views) >= _IOV_MAX:
+                        _writev_all(self._fd, views)
+                        views, size = [], 0
+            if views:
+                _writev_all(self._fd, views)
 
     async def write_parts(self, parts: list[bytes]) -> None:
-        """Append ``parts`` with one ``writev`` in one executor hop, checksummed there too.
+        """Append ``parts`` in one executor hop, checksummed there too.
 
         A PUT hands over the pieces it received as they are: joining them into one buffer
-        first (and copying that into ``bytes``) cost two copies of every byte.
+        first (and copying that into ``bytes``) cost two copies of every byte. They are
+        checksummed and written in :data:`_WRITE_SLICE` slices, one ``writev`` each.
         """
         size = sum(len(p) for p in parts)
         if not size:
@@ -303,6 +329,41 @@ class PosixUpload:
     def adler32(self) -> str | None:
         """adler32 of what ``write``/``write_parts`` appended so far; None after ``write_at``."""
         return None if self._hasher is None else self._hasher.value()
+
+    def _write_parts_at_sync(
+        self, offset: int, parts: list[bytes], adler: int | None
+    ) -> int | None:
+        with self._fd_lock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, "upload was aborted")
+            for part in parts:
+                whole = memoryview(part)
+                for off in range(0, len(whole), _WRITE_SLICE):
+                    view = whole[off : off + _WRITE_SLICE]
+                    if adler is not None:
+                        adler = adler32(view, adler)
+                    while view:
+                        n = os.pwrite(self._fd, view, offset)
+                        offset += n
+                        view = view[n:]
+        return adler
+
+    async def write_parts_at(
+        self, offset: int, parts: list[bytes], adler: int | None = None
+    ) -> int | None:
+        """Write ``parts`` back to back at ``offset`` (multi-stream pull), in one executor hop.
+
+        With ``adler`` (a running adler32 value) the parts are checksummed in the same pass,
+        slice by slice as they are written, and the updated value is returned. Like
+        ``write_at``, this disables the upload's own (sequential) checksum.
+        """
+        self._hasher = None
+        try:
+            adler = await self._storage._run(self._write_parts_at_sync, offset, parts, adler)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+        self.bytes_written += sum(len(p) for p in parts)
+        return adler
 
     async def write_at(self, offset: int, data: bytes) -> None:
         self._hasher = None

@@ -254,8 +254,8 @@ class Engine:
             if size is not None and length is not None and length != size:
                 raise TransferFailed(f"the source size changed: HEAD said {size}, GET {length}")
 
-            async def write(_pos: int, parts: list[bytes]) -> None:
-                await upload.write_parts(parts)  # one writev; the upload keeps the adler32
+            async def write(_pos: int, parts: list[bytes], _adler: int | None) -> None:
+                await upload.write_parts(parts)  # one executor hop; the upload keeps the adler32
 
             sink = Sink(write, 0, self.chunk, progress, adler=False)
             await _drain(resp, sink)
@@ -325,10 +325,7 @@ class Engine:
             if resp.headers.get("Content-Range", "").strip() != want:
                 raise TransferFailed(f"the source answered a range other than {want!r}")
 
-            async def write_at(pos: int, parts: list[bytes]) -> None:
-                await upload.write_at(pos, parts[0] if len(parts) == 1 else b"".join(parts))
-
-            sink = Sink(write_at, off, self.chunk, progress, adler=True)
+            sink = Sink(upload.write_parts_at, off, self.chunk, progress, adler=True)
             await _drain(resp, sink)
             if sink.received != n:
                 raise TransferFailed(f"range {off}-{last}: received {sink.received} of {n} bytes")

@@ -4,8 +4,8 @@
   handed to the socket, never more; B22, xrootd#2874), the remote endpoints seen (for
   ``RemoteConnections``) and the time of the last activity (for the idle watchdog, B24).
 * :class:`Sink`: collects network data into ``[storage] io_chunk`` blocks (4 MiB) and writes each
-  block while the next one is being received, optionally computing adler32 alongside in a
-  worker thread; memory stays at about two blocks whatever the file size.
+  block while the next one is being received, optionally having the writer compute adler32
+  in the same pass; memory stays at about two blocks whatever the file size.
 * :func:`remote_error`: the ``failure:`` text for a remote's error status, with a short,
   bounded excerpt of its body (XRootD style: ``Remote side failed with status code 403``).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -49,21 +48,17 @@ class Progress:
             self.remotes.append(ep)
 
 
-#: writes the pieces of one block at a file offset (pieces as received: no join, no copy)
-Writer = Callable[[int, list[bytes]], Awaitable[None]]
-
-
-def _adler_parts(parts: list[bytes], value: int) -> int:
-    for part in parts:
-        value = zlib.adler32(part, value)
-    return value
+#: writes the pieces of one block at a file offset (pieces as received: no join, no copy);
+#: given the running adler32 (or None) it returns it updated over the pieces (or None)
+Writer = Callable[[int, list[bytes], int | None], Awaitable[int | None]]
 
 
 class Sink:
     """Buffers network data into large blocks; writes each while the next one arrives.
 
-    ``adler=True`` computes adler32 here, for writers that cannot (positional writes of a
-    multi-stream pull); a sequential writer into an Upload gets it from the Upload itself.
+    ``adler=True`` keeps a running adler32 that the writer updates as it writes each block
+    (positional writes of a multi-stream pull); a sequential writer into an Upload gets it
+    from the Upload itself and is passed None.
     """
 
     def __init__(self, write: Writer, base: int, chunk: int, progress: Progress, *, adler: bool):
@@ -96,14 +91,11 @@ class Sink:
             self._pending = asyncio.ensure_future(self._store(pos, parts, size))
 
     async def _store(self, pos: int, parts: list[bytes], size: int) -> None:
-        if self.adler is None:
-            await self._write(pos, parts)
-        else:
-            loop = asyncio.get_running_loop()
-            _, self.adler = await asyncio.gather(
-                self._write(pos, parts),
-                loop.run_in_executor(None, _adler_parts, parts, self.adler),
-            )
+        # blocks are stored one at a time, in order (_flush waits): the running value chains
+        adler = await self._write(pos, parts, self.adler)
+        if self.adler is not None:
+            assert adler is not None
+            self.adler = adler
         self._progress.advance(size)
 
     async def close(self) -> None:
@@ -135,8 +127,16 @@ def content_length(resp: aiohttp.ClientResponse) -> int | None:
 
 
 async def body_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body as aiohttp buffered it, piece by piece.
+
+    ``readchunk`` hands over one buffered piece as it is; ``readany`` joins every piece
+    buffered so far into a new ``bytes``: one more copy whenever more than one is waiting.
+    With chunked transfer coding an empty piece marks the end of an HTTP chunk, not of the body.
+    """
+    content = resp.content
     while True:
-        data = await resp.content.readany()
-        if not data:
+        data, end_of_http_chunk = await content.readchunk()
+        if data:
+            yield data
+        elif not end_of_http_chunk:
             return
-        yield data
