@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from segate import logsink
 from segate.logsink import TEXT_FORMAT, LineFormatter, TurnBufferedHandler, direct_sink
 
-
 Installed = tuple[TurnBufferedHandler, io.StringIO]
 
 
