@@ -131,12 +131,8 @@ class AccessLog:
         parts = []
         for k, v in fields.items():
             t = type(v)
-            if t is int or t is float:
-                s = str(v)  # never empty, never a space, quote or "="
-            else:
-                s = v if isinstance(v, str) else str(v)
-                if not s or " " in s or '"' in s or "=" in s:
-                    s = json.dumps(s)
+            # a number is never empty and never holds a space, quote or "="
+            s = str(v) if t is int or t is float else _value(str(v))
             parts.append(f"{k}={s}")
         _log_line(" ".join(parts))
 
