@@ -33,7 +33,7 @@ import secrets
 import shutil
 import stat as stat_mod
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -174,6 +174,14 @@ _WRITE_SLICE = 256 << 10
 _IOV_MAX = 1024
 
 
+def _slices(parts: list[bytes]) -> Iterator[memoryview]:
+    """The parts, in order, cut into pieces of at most :data:`_WRITE_SLICE` bytes (no copy)."""
+    for part in parts:
+        whole = memoryview(part)
+        for off in range(0, len(whole), _WRITE_SLICE):
+            yield whole[off : off + _WRITE_SLICE]
+
+
 def _writev_all(fd: int, views: list[memoryview]) -> None:
     """``writev`` until every view is written (``views`` is consumed)."""
     while views:
@@ -295,17 +303,14 @@ class PosixUpload:
             hasher = self._hasher
             views: list[memoryview] = []
             size = 0
-            for part in parts:
-                whole = memoryview(part)
-                for off in range(0, len(whole), _WRITE_SLICE):
-                    view = whole[off : off + _WRITE_SLICE]
-                    if hasher is not None:
-                        hasher.update(view)
-                    views.append(view)
-                    size += len(view)
-                    if size >= _WRITE_SLICE or len(views) >= _IOV_MAX:
-                        _writev_all(self._fd, views)
-                        views, size = [], 0
+            for view in _slices(parts):
+                if hasher is not None:
+                    hasher.update(view)
+                views.append(view)
+                size += len(view)
+                if size >= _WRITE_SLICE or len(views) >= _IOV_MAX:
+                    _writev_all(self._fd, views)
+                    views, size = [], 0
             if views:
                 _writev_all(self._fd, views)
 
@@ -336,16 +341,13 @@ class PosixUpload:
         with self._fd_lock:
             if self._fd < 0:
                 raise OSError(errno.EBADF, "upload was aborted")
-            for part in parts:
-                whole = memoryview(part)
-                for off in range(0, len(whole), _WRITE_SLICE):
-                    view = whole[off : off + _WRITE_SLICE]
-                    if adler is not None:
-                        adler = adler32(view, adler)
-                    while view:
-                        n = os.pwrite(self._fd, view, offset)
-                        offset += n
-                        view = view[n:]
+            for view in _slices(parts):
+                if adler is not None:
+                    adler = adler32(view, adler)
+                while view:
+                    n = os.pwrite(self._fd, view, offset)
+                    offset += n
+                    view = view[n:]
         return adler
 
     async def write_parts_at(
