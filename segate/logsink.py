@@ -66,7 +66,7 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream if stream is not None else sys.stderr)
         self._lines: list[str] = []
-        self._pending: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
+        self._flush_due = False  # a flush is scheduled on the running loop
         self._direct: Callable[[float, str, str, str], str] | None = None
 
     def setFormatter(self, fmt: logging.Formatter | None) -> None:
@@ -97,7 +97,7 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         held); outside a running loop, write it now."""
         lines = self._lines
         lines.append(line)
-        if self._pending is not None and len(lines) < _MAX_KEPT:
+        if self._flush_due and len(lines) < _MAX_KEPT:
             return  # a flush is due (a line from another thread goes with it)
         try:
             loop = asyncio.get_running_loop()
@@ -106,13 +106,13 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         if len(lines) >= _MAX_KEPT:
             self.flush()
-        elif self._pending is None:
-            self._pending = loop
+        elif not self._flush_due:
+            self._flush_due = True
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self._pending = None
+            self._flush_due = False
             lines = self._lines
             if lines:
                 self._lines = []
