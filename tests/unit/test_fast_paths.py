@@ -6,6 +6,9 @@
 * ``write_parts`` (one writev per chunk) stores the same bytes and adler32 as ``write``, and an
   aborted upload refuses further writes instead of touching a closed descriptor.
 * The benchmark's ratio is "how many times as good segate is" in both directions.
+* ``open_beneath`` (openat2) opens only paths beneath the root with no symlink on the way, and
+  the storage takes it for such paths (the general check decides every other one; the
+  equivalence against that check is in test_hot_path_equivalence.py).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from segate.paths import LogicalPath
+from segate.storage import beneath
 from segate.storage.base import BackendError, EscapeError
 from segate.storage.posix import PosixStorage, _resolve
 from testbed.bench.report import Results
@@ -127,3 +131,66 @@ def test_bench_ratio_direction() -> None:
     down.add("xrootd", 100.0)
     assert up.ratio() == 2.0 and down.ratio() == 0.5
     assert "2.00" in r.summary() and "0.50" in r.summary()
+
+
+# -- openat2 beneath the root (segate/storage/beneath.py) ------------------------------------
+needs_openat2 = pytest.mark.skipif(not beneath.available(), reason="no openat2 on this kernel")
+
+
+@needs_openat2
+def test_open_beneath_confines_and_refuses_links(tmp_path: Path) -> None:
+    (tmp_path / "root" / "d").mkdir(parents=True)
+    (tmp_path / "root" / "d" / "f").write_bytes(b"inside")
+    (tmp_path / "secret").write_bytes(b"outside")
+    os.symlink("d/f", tmp_path / "root" / "inlink")
+    os.symlink("../secret", tmp_path / "root" / "outlink")
+    rootfd = os.open(tmp_path / "root", os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = beneath.open_beneath(rootfd, "d/f", os.O_RDONLY)
+        assert fd >= 0
+        assert os.read(fd, 10) == b"inside"
+        os.close(fd)
+        dot = beneath.open_beneath(rootfd, ".", os.O_PATH)
+        assert os.path.samestat(os.fstat(dot), os.stat(tmp_path / "root"))
+        os.close(dot)
+        # every symlink, inside or not, and every way out: -1, for the general check to decide
+        for rel in (
+            "inlink",
+            "outlink",
+            "../secret",
+            "d/../../secret",
+            "/etc/passwd",
+            "nope",
+            "d/f\x00x",
+            "d\x00",
+        ):
+            assert beneath.open_beneath(rootfd, rel, os.O_RDONLY) == -1, rel
+    finally:
+        os.close(rootfd)
+
+
+@needs_openat2
+def test_storage_uses_openat2_for_plain_paths(tmp_path: Path, monkeypatch: Any) -> None:
+    """A path without symlinks is stat'ed and opened with no readlink at all; a symlinked one
+    still goes through the general check (which readlink serves)."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"data")
+    os.symlink("d", tmp_path / "link")
+    st = PosixStorage(tmp_path)
+    st.prepare()
+    calls: list[str] = []
+    real_readlink = os.readlink
+
+    def counting(path: Any, *a: Any, **kw: Any) -> Any:
+        calls.append(str(path))
+        return real_readlink(path, *a, **kw)
+
+    monkeypatch.setattr(os, "readlink", counting)
+    assert st._stat_sync(LogicalPath(("d", "f"))) is not None
+    fd, info = st._open_sync(LogicalPath(("d", "f")))
+    os.close(fd)
+    assert info.size == 4 and calls == []
+    assert st._stat_sync(LogicalPath(("link", "f"))) is not None
+    assert calls  # the symlinked path took the general route
+    with pytest.raises(EscapeError):
+        st._stat_sync(LogicalPath((".segate", "tmp")))

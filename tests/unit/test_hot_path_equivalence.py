@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -33,7 +34,12 @@ from hypothesis import strategies as st
 
 from segate.auth.principal import ANONYMOUS, Kind, Principal
 from segate.logsink import LineFormatter
-from segate.storage.base import EscapeError, StorageError
+from segate.storage.base import (
+    EscapeError,
+    IsADirectoryError_,
+    NotRegularError,
+    StorageError,
+)
 from segate.storage.posix import _info as st_info
 from segate.web.middleware import AccessLog
 from segate.web.redact import redact_query, redact_text
@@ -421,6 +427,27 @@ def _outcome(fn: Any, *args: Any) -> Any:
         return ("error", type(exc), str(exc))
 
 
+def _general_open(st: Any, path: Any) -> Any:
+    """GET's open as it was before openat2: the general check, then open and fstat."""
+    real = st._confined(path)
+    fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError_("is a collection")
+        raise NotRegularError("not a regular file")
+    return fd, st_info(path, info)
+
+
+def _open_info(fn: Any, path: Any) -> Any:
+    fd, info = fn(path)
+    try:
+        return info, os.read(fd, 100)
+    finally:
+        os.close(fd)
+
+
 def test_storage_fast_path_equals_general_check(tmp_path: Path) -> None:
     from segate.paths import LogicalPath
     from segate.storage import deadprops
@@ -474,6 +501,9 @@ def test_storage_fast_path_equals_general_check(tmp_path: Path) -> None:
             return info, (deadprops.read(st._confined(p)) if info is not None else {})
 
         assert _outcome(st._stat_with_properties_sync, path) == _outcome(separately, path), name
+        assert _outcome(_open_info, st._open_sync, path) == _outcome(
+            _open_info, lambda p: _general_open(st, p), path
+        ), name
     assert st._read_properties_sync(LogicalPath(("in_file",))) == {
         "{urn:x}p": "<p xmlns='urn:x'>1</p>"
     }
@@ -491,6 +521,7 @@ def test_storage_fast_path_leaks_no_descriptor(tmp_path: Path) -> None:
     os.symlink("/etc", tmp_path / "out")
     st = PosixStorage(tmp_path)
     st.prepare()
+    st._stat_sync(LogicalPath(("f",)))  # opens the root's descriptor, held for st's life
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(50):
         st._stat_sync(LogicalPath(("f",)))
