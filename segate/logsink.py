@@ -89,7 +89,10 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return False
         line = render(time.time(), levelname, name, message)
         with self.lock:  # type: ignore[union-attr]
-            self._add(line)
+            if self._flush_due and len(self._lines) < _MAX_KEPT:
+                self._lines.append(line)  # _add's common case, without the call
+            else:
+                self._add(line)
         return True
 
     def _add(self, line: str) -> None:
@@ -129,8 +132,11 @@ def _direct_renderer(fmt: logging.Formatter | None) -> Callable[[float, str, str
     if type(fmt) is LineFormatter and fmt._fmt == TEXT_FORMAT and fmt.datefmt is None:
         line_fmt = fmt
 
+        stamp = line_fmt.stamp
+
         def text(created: float, levelname: str, name: str, message: str) -> str:
-            return f"{line_fmt.stamp(created, _msecs(created))} {levelname} {name} {message}"
+            msecs = int((created - int(created)) * 1000) + 0.0  # _msecs, inline
+            return f"{stamp(created, msecs)} {levelname} {name} {message}"
 
         return text
     if type(fmt) is logging.Formatter and fmt._fmt == "%(message)s":

@@ -72,26 +72,44 @@ _MAX_HEADERS = 100
 _READ_HIGH = 1 << 20
 
 
-class _Head:
-    """httptools callbacks: what one request head says. The parser's per-message state
-    (method, version, keep-alive) is read in ``on_headers_complete``: llhttp resets it once
-    a message without a body completes."""
+class Request:
+    """One request the lane serves: what the shared cores need, nothing more. While its head
+    is parsed it is also the httptools callback object; the parser's per-message state
+    (method, version, keep-alive) is read in ``on_headers_complete``: llhttp resets it once a
+    message without a body completes."""
 
-    __slots__ = ("keep_alive", "method", "pairs", "parser", "url", "version")
+    __slots__ = (
+        "body",
+        "headers",
+        "keep_alive",
+        "method",
+        "pairs",
+        "parser",
+        "raw",
+        "url",
+        "version",
+    )
+
+    headers: CIMultiDictProxy[str]
+    raw: str
 
     def __init__(self) -> None:
         self.parser: Any = None
         self.url = b""
-        self.pairs: list[tuple[bytes, bytes]] = []
+        self.pairs: list[tuple[str, str]] = []
         self.method = ""
         self.version = ""
         self.keep_alive = False
+        self.body = b""
 
+    # -- httptools callbacks ---------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.pairs.append((name, value))
+        self.pairs.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         p = self.parser
@@ -99,28 +117,7 @@ class _Head:
         self.version = p.get_http_version()
         self.keep_alive = p.should_keep_alive()
 
-
-class Request:
-    """One request the lane serves: what the shared cores need, nothing more."""
-
-    __slots__ = ("body", "headers", "keep_alive", "method", "raw", "version")
-
-    def __init__(
-        self,
-        method: str,
-        raw: str,
-        headers: CIMultiDictProxy[str],
-        version: str,
-        keep_alive: bool,
-        body: bytes,
-    ) -> None:
-        self.method = method
-        self.raw = raw
-        self.headers = headers
-        self.version = version
-        self.keep_alive = keep_alive
-        self.body = body
-
+    # -- what the cores ask ------------------------------------------------------------------
     @property
     def query_string(self) -> str:
         """The query as aiohttp sees it: after the first ``?``, without a ``#`` fragment."""
@@ -133,35 +130,36 @@ class Request:
         ).query
 
 
+def _field_bytes(name: str, value: str) -> int:
+    """A header line's length on the wire, as aiohttp's limit counts it."""
+    return len(name.encode("utf-8", "surrogateescape")) + len(
+        value.encode("utf-8", "surrogateescape")
+    )
+
+
 def parse_head(head: bytes, max_body: int, max_field: int) -> tuple[Request, int] | None:
     """The request and its body length, or None when the lane does not take this request.
 
     A request line or header field near ``max_field`` (``[server] max_header_size``) is left
     to aiohttp, which applies that limit (400)."""
-    h = _Head()
-    parser = httptools.HttpRequestParser(h)
-    h.parser = parser
+    req = Request()
+    parser = httptools.HttpRequestParser(req)
+    req.parser = parser
     try:
         parser.feed_data(head)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         return None  # (HttpParserUpgrade is not an HttpParserError subclass)
-    if not h.url.startswith(b"/"):
+    req.parser = None
+    if not req.url.startswith(b"/"):
         return None  # absolute-form or asterisk-form: aiohttp's business
-    pairs = h.pairs
+    pairs = req.pairs
     if len(pairs) > _MAX_HEADERS:
         return None  # aiohttp applies its own header-count limit (400)
     if len(head) + 20 > max_field and (
-        len(h.url) + 20 > max_field or any(len(n) + len(v) + 4 > max_field for n, v in pairs)
+        len(req.url) + 20 > max_field or any(_field_bytes(n, v) + 4 > max_field for n, v in pairs)
     ):
         return None  # a line near the limit: aiohttp applies it
-    headers = CIMultiDictProxy(
-        CIMultiDict(
-            [
-                (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                for n, v in pairs
-            ]
-        )
-    )
+    headers = req.headers = CIMultiDictProxy(CIMultiDict(pairs))
     if "Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers:
         return None
     cls = headers.getall("Content-Length", ())
@@ -171,7 +169,7 @@ def parse_head(head: bytes, max_body: int, max_field: int) -> tuple[Request, int
         if len(cls) > 1 or not cl.isdigit() or len(cl) > 12:
             return None
         length = int(cl)
-    method = h.method
+    method = req.method
     if method == "HEAD":
         if length:
             return None
@@ -181,14 +179,14 @@ def parse_head(head: bytes, max_body: int, max_field: int) -> tuple[Request, int
             return None
     else:
         return None
-    version = h.version
+    version = req.version
     if version != "1.1" and version != "1.0":
         return None
     hosts = len(headers.getall("Host", ()))
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         return None  # aiohttp answers 400
-    raw = h.url.decode("utf-8", "surrogateescape")
-    return Request(method, raw, headers, version, h.keep_alive, b""), length
+    req.raw = req.url.decode("utf-8", "surrogateescape")
+    return req, length
 
 
 _date_cache: tuple[int, str] = (0, "")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -90,7 +90,7 @@ class AccessLog:
         if not access_log.isEnabledFor(logging.INFO):
             return  # nobody would see the line: build none
         dur_ms = round((time.perf_counter() - started) * 1000, 2)
-        auth = principal.kind.value if principal else "-"
+        auth: str = principal.kind if principal else "-"  # (a StrEnum: its value as a str)
         subject = principal.label() if principal else "-"
         reason = reason or (decisions[-1] if decisions else "")
         if self.json:
@@ -137,10 +137,14 @@ class AccessLog:
         _log_line(" ".join(parts))
 
 
+#: ``json.dumps`` of a str, without its Python-level argument handling (the same C function)
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
 def _value(s: str) -> str:
     """A text field's value in a text line: as is, or a JSON string when empty or when it holds
     a space, ``"`` or ``=``."""
-    return json.dumps(s) if not s or " " in s or '"' in s or "=" in s else s
+    return _json_str(s) if not s or " " in s or '"' in s or "=" in s else s
 
 
 def _log_line(message: str) -> None:

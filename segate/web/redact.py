@@ -46,10 +46,6 @@ def redact_query(target: str) -> str:
     return _QUERY_PARAM.sub(_redact_param, target)
 
 
-#: a superset of what _BEARER can match (the same flags): without it there is no bearer to hide
-_BEARER_WORD = re.compile(r"(?i)bearer")
-
-
 def redact_text(text: str) -> str:
     """Best-effort scrub of free text (error messages from peers, exception strings, raw bytes)."""
     if (
@@ -57,7 +53,9 @@ def redact_text(text: str) -> str:
         and "eyJ" not in text  # _JWT_PREFIX
         and text.count(".") < 2  # _JWT_LIKE
         and len(text) < 80  # _LONG_B64
-        and _BEARER_WORD.search(text) is None  # _BEARER
+        # _BEARER needs "bearer" in any case; str.lower() maps exactly the characters that
+        # (?i) matches to b, e, a, r (every code point checked), so this test is a superset
+        and "bearer" not in text.lower()
     ):
         return text  # no pattern below can match (e.g. every "scope storage.read:/..." reason)
     text = redact_query(text)

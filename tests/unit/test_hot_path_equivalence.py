@@ -781,6 +781,8 @@ _REDACT_PIECES = st.sampled_from(
         "a" * 40,
         "\u017f",  # long s: folds to "s" under IGNORECASE
         "\u212a",  # Kelvin sign: folds to "k"
+        "\u0130",  # I with dot: the one character whose lower() is two characters
+        "BEA\u0130RER",
     ]
 )
 
