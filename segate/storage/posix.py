@@ -3,8 +3,11 @@
 * Confinement: a LogicalPath has no ``..`` and no separators inside segments (paths.py), so the
   only way out of the root is a symlink. Every access resolves the deepest existing ancestor with
   ``realpath`` and refuses anything whose real path leaves the real root (EscapeError). A path
-  with no symlink on the way is opened in one ``openat2(RESOLVE_BENEATH)`` call instead
-  (storage/beneath.py), which the kernel itself confines to the root.
+  with no symlink on the way (and no dot name) is opened in one ``openat2`` call with
+  ``RESOLVE_NO_SYMLINKS`` instead (storage/nolinks.py): the root being a real path, such a path
+  is inside it. Where a path is checked first and opened after (stat, GET), the opened
+  descriptor's own real path is checked again, so a link swapped in between by a local user is
+  refused, not followed. (Dead properties are still read by path after the check.)
 * Atomic uploads: data goes to ``<root>/.segate/tmp/<random>`` (same filesystem), then is
   renamed into place; without overwrite it is hard-linked (``link`` fails with EEXIST
   atomically) so a create-only writer can never replace a file (WLCG ``storage.create``).
@@ -35,7 +38,6 @@ import secrets
 import shutil
 import stat as stat_mod
 import threading
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,7 +63,7 @@ from segate.storage.base import (
     StorageError,
     UnavailableError,
 )
-from segate.storage.beneath import open_beneath
+from segate.storage.nolinks import open_no_symlinks
 
 try:  # ISA-L's adler32: the same values, ~6x faster than zlib's (0.06 against 0.35 s per GiB)
     from isal.isal_zlib import adler32
@@ -449,10 +451,9 @@ class PosixStorage:
         self.metadata_in_loop = metadata_in_loop
         self.reserved = os.path.join(self.root, RESERVED_SEGMENT)
         self.staging = os.path.join(self.reserved, "tmp")
-        self._root_prefix = self.root + os.sep
+        self._root_prefix = os.path.join(self.root, "")  # (not "//" for a root of "/")
         self._join_prefix = os.path.join(self.root, "")
         self._reserved_prefix = self.reserved + os.sep
-        self._rootfd = -1  # O_PATH descriptor of the root for open_beneath, opened on first use
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> int:
@@ -506,37 +507,28 @@ class PosixStorage:
         self._check_confined(real)
         return real
 
-    def _beneath(self, real: str, flags: int) -> int:
-        """``real`` opened with ``flags`` through :func:`open_beneath` (one ``openat2``), or -1.
+    def _open_plain(self, real: str, flags: int) -> int:
+        """``real`` opened with ``flags`` by :func:`open_no_symlinks` (one ``openat2``), or -1.
 
-        A descriptor comes back only for a path beneath the root with no symlink on the way
-        and not in the reserved area, so it is confined; -1 for anything else (a symlink,
-        missing, no openat2 here, ...), and the caller runs its general check. The root's
-        descriptor is opened once and held for the storage's life (closed when it is
-        collected); a root replaced under a running gateway is seen through the general check
-        as soon as the old directory is gone."""
-        if real == self.root:
-            rel = "."
-        elif real.startswith(self._join_prefix) and not (
-            real == self.reserved or real.startswith(self._reserved_prefix)
-        ):
-            rel = real[len(self._join_prefix) :]
-        else:
-            return -1
-        rootfd = self._rootfd
-        if rootfd < 0:
-            try:
-                rootfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
+        Taken only for the root itself or a path below it whose components are not empty
+        and do not start with ``.`` (so never ``.``, ``..`` or the reserved area, in any
+        spelling a case-folding filesystem might accept): with no symlink on the way, such a
+        path is where it says it is, inside the root. -1 for anything else (a symlink,
+        missing, a dot name, too long, no openat2 here, ...), and the caller runs its general
+        check."""
+        if real != self.root:
+            prefix = self._join_prefix
+            if not real.startswith(prefix):
                 return -1
-            self._rootfd = rootfd
-            weakref.finalize(self, os.close, rootfd)
-        return open_beneath(rootfd, rel, flags)
+            tail = real[len(prefix) - 1 :]  # from the "/" before the first component
+            if "/." in tail or "//" in tail or tail.endswith("/"):
+                return -1
+        return open_no_symlinks(real, flags)
 
     def _confined_fd(self, real: str) -> int:
         """An ``O_PATH`` descriptor of ``real`` once it is known to be confined, or -1.
 
-        First :meth:`_beneath` (one syscall). Else the common case of
+        First :meth:`_open_plain` (one syscall). Else the common case of
         :meth:`_check_confined` without its ``lstat`` walk: an existing path is opened with
         ``O_PATH`` (no side effect on any file type) and its real path read from
         ``/proc/self/fd`` and checked. A caller that can ask the descriptor (``fstat``) need
@@ -545,7 +537,7 @@ class PosixStorage:
         /proc, ...): the caller then runs the general :meth:`_check_confined`. EscapeError as
         there.
         """
-        fd = self._beneath(real, os.O_PATH)
+        fd = self._open_plain(real, os.O_PATH)
         if fd >= 0:
             return fd
         try:
@@ -565,6 +557,17 @@ class PosixStorage:
         os.close(fd)
         return -1
 
+    def _verify_fd(self, fd: int) -> None:
+        """EscapeError unless the object ``fd`` refers to lies inside the root (outside the
+        reserved area): what was opened after a path check is what was checked, even if a
+        link on the way changed in between. Without /proc nothing more can be said."""
+        try:
+            resolved = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return
+        if resolved.startswith("/"):
+            self._check_resolved(resolved.removesuffix(" (deleted)"))
+
     # -- namespace ----------------------------------------------------------------------------
     def _stat_real(self, path: LogicalPath, real: str) -> FileInfo | None:
         """Stat ``real`` (``path``'s place) once its confinement is checked; None if missing."""
@@ -576,9 +579,14 @@ class PosixStorage:
                 os.close(fd)
         self._check_confined(real)
         try:
-            return _info(path, os.stat(real))
+            fd = os.open(real, _O_PATH)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            self._verify_fd(fd)  # a link swapped since the check: refused, not followed
+            return _info(path, os.fstat(fd))
+        finally:
+            os.close(fd)
 
     def _stat_sync(self, path: LogicalPath) -> FileInfo | None:
         return self._stat_real(path, self._real(path))
@@ -801,10 +809,15 @@ class PosixStorage:
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, with the
         # event loop (metadata_in_loop) or an executor thread stuck; regular files ignore it
         real = self._real(path)
-        fd = self._beneath(real, os.O_RDONLY | os.O_NONBLOCK)
+        fd = self._open_plain(real, os.O_RDONLY | os.O_NONBLOCK)
         if fd < 0:
             self._check_confined(real)
             fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                self._verify_fd(fd)  # a link swapped since the check: refused, not followed
+            except BaseException:
+                os.close(fd)
+                raise
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
             os.close(fd)

@@ -6,14 +6,15 @@
 * ``write_parts`` (one writev per chunk) stores the same bytes and adler32 as ``write``, and an
   aborted upload refuses further writes instead of touching a closed descriptor.
 * The benchmark's ratio is "how many times as good segate is" in both directions.
-* ``open_beneath`` (openat2) opens only paths beneath the root with no symlink on the way, and
-  the storage takes it for such paths (the general check decides every other one; the
+* ``open_no_symlinks`` (openat2) opens only paths with no symlink on the way, and the storage
+  takes it for plain paths below the root (the general check decides every other one; the
   equivalence against that check is in test_hot_path_equivalence.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import zlib
 from pathlib import Path
 from typing import Any, cast
@@ -21,8 +22,8 @@ from typing import Any, cast
 import pytest
 
 from segate.paths import LogicalPath
-from segate.storage import beneath
-from segate.storage.base import BackendError, EscapeError
+from segate.storage import nolinks
+from segate.storage.base import BackendError, EscapeError, UnavailableError
 from segate.storage.posix import PosixStorage, _resolve
 from testbed.bench.report import Results
 
@@ -133,40 +134,29 @@ def test_bench_ratio_direction() -> None:
     assert "2.00" in r.summary() and "0.50" in r.summary()
 
 
-# -- openat2 beneath the root (segate/storage/beneath.py) ------------------------------------
-needs_openat2 = pytest.mark.skipif(not beneath.available(), reason="no openat2 on this kernel")
+# -- openat2 without symlinks (segate/storage/nolinks.py) ------------------------------------
+needs_openat2 = pytest.mark.skipif(not nolinks.available(), reason="no openat2 on this kernel")
 
 
 @needs_openat2
-def test_open_beneath_confines_and_refuses_links(tmp_path: Path) -> None:
-    (tmp_path / "root" / "d").mkdir(parents=True)
-    (tmp_path / "root" / "d" / "f").write_bytes(b"inside")
+def test_open_no_symlinks_refuses_every_link(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"inside")
     (tmp_path / "secret").write_bytes(b"outside")
-    os.symlink("d/f", tmp_path / "root" / "inlink")
-    os.symlink("../secret", tmp_path / "root" / "outlink")
-    rootfd = os.open(tmp_path / "root", os.O_PATH | os.O_DIRECTORY)
+    os.symlink("d/f", root / "inlink")
+    os.symlink("../secret", root / "outlink")
+    os.symlink("d", root / "dirlink")
+    fd = nolinks.open_no_symlinks(str(root / "d" / "f"), os.O_RDONLY)
+    assert fd >= 0
     try:
-        fd = beneath.open_beneath(rootfd, "d/f", os.O_RDONLY)
-        assert fd >= 0
         assert os.read(fd, 10) == b"inside"
-        os.close(fd)
-        dot = beneath.open_beneath(rootfd, ".", os.O_PATH)
-        assert os.path.samestat(os.fstat(dot), os.stat(tmp_path / "root"))
-        os.close(dot)
-        # every symlink, inside or not, and every way out: -1, for the general check to decide
-        for rel in (
-            "inlink",
-            "outlink",
-            "../secret",
-            "d/../../secret",
-            "/etc/passwd",
-            "nope",
-            "d/f\x00x",
-            "d\x00",
-        ):
-            assert beneath.open_beneath(rootfd, rel, os.O_RDONLY) == -1, rel
     finally:
-        os.close(rootfd)
+        os.close(fd)
+    # every symlink, inside or not, last component or not: -1, for the general check to decide
+    for rel in ("inlink", "outlink", "dirlink/f", "nope", "d/f\x00x", "d\x00"):
+        assert nolinks.open_no_symlinks(f"{root}/{rel}", os.O_RDONLY) == -1, rel
+    assert nolinks.open_no_symlinks(f"/proc/self/fd/{0}", os.O_PATH) == -1  # a magic link
 
 
 @needs_openat2
@@ -194,3 +184,77 @@ def test_storage_uses_openat2_for_plain_paths(tmp_path: Path, monkeypatch: Any) 
     assert calls  # the symlinked path took the general route
     with pytest.raises(EscapeError):
         st._stat_sync(LogicalPath((".segate", "tmp")))
+
+
+def test_root_renamed_after_first_use_is_seen_at_once(tmp_path: Path) -> None:
+    """Nothing of the root is held between requests: a root renamed away and recreated (or
+    mounted over, or gone) is what the very next request sees."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_bytes(b"OLD")
+    (root / "only_old").write_bytes(b"x")
+    st = PosixStorage(root)
+    st.prepare()
+    assert st._stat_sync(LogicalPath(("f",))) is not None
+    root.rename(tmp_path / "retired")
+    root.mkdir()
+    (root / "f").write_bytes(b"NEW!")
+    fd, info = st._open_sync(LogicalPath(("f",)))
+    try:
+        assert os.read(fd, 10) == b"NEW!" and info.size == 4
+    finally:
+        os.close(fd)
+    assert st._stat_sync(LogicalPath(("only_old",))) is None
+    with pytest.raises(FileNotFoundError):
+        st._open_sync(LogicalPath(("only_old",)))
+    shutil.rmtree(root)
+    with pytest.raises(UnavailableError):
+        st._stat_sync(LogicalPath(()))
+
+
+def test_odd_segments_never_take_the_fast_path(tmp_path: Path) -> None:
+    """LogicalPath never holds ".", ".." or "/" in a segment (paths.py); if one did, openat2
+    (which allows a ".." that stays inside) must not be what lets it into the reserved area."""
+    (tmp_path / "d").mkdir()
+    st = PosixStorage(tmp_path)
+    st.prepare()
+    (tmp_path / ".segate" / "tmp" / "staged").write_bytes(b"s")
+    for segs in (
+        (".", ".segate", "tmp", "staged"),
+        ("d", "..", ".segate", "tmp", "staged"),
+        ("d/../.segate/tmp/staged",),
+        (".segate", "tmp", "staged"),
+    ):
+        assert st._open_plain(st._real(LogicalPath(segs)), os.O_PATH) == -1, segs
+        with pytest.raises(EscapeError):
+            st._stat_sync(LogicalPath(segs))
+        with pytest.raises(EscapeError):
+            st._open_sync(LogicalPath(segs))
+
+
+def test_link_swapped_after_the_check_is_refused(tmp_path: Path, monkeypatch: Any) -> None:
+    """The general route opens after checking; a symlink swapped in between (a local user
+    racing the gateway) gives EscapeError, never the outside file."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"inside")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(b"SECRET")
+    os.symlink("d", root / "x")
+    st = PosixStorage(root)
+    st.prepare()
+    real_check = st._check_confined
+
+    def check_then_swap(real: str) -> None:
+        real_check(real)
+        os.unlink(root / "x")
+        os.symlink(tmp_path / "out", root / "x")
+
+    monkeypatch.setattr(st, "_check_confined", check_then_swap)
+    monkeypatch.setattr(st, "_confined_fd", lambda real: -1)  # as if the link was dangling
+    with pytest.raises(EscapeError):
+        st._open_sync(LogicalPath(("x", "f")))
+    os.unlink(root / "x")
+    os.symlink("d", root / "x")
+    with pytest.raises(EscapeError):
+        st._stat_sync(LogicalPath(("x", "f")))

@@ -1,16 +1,20 @@
-"""Open a path beneath a directory in one syscall: Linux ``openat2`` with ``RESOLVE_BENEATH``.
+"""Open a path with no symlink on the way, in one syscall: Linux ``openat2`` with
+``RESOLVE_NO_SYMLINKS``.
 
 The storage's confinement check (posix.py) otherwise opens a path ``O_PATH``, reads its real
 path back from ``/proc/self/fd`` and compares it with the root: three syscalls, the
-``readlink`` alone walking procfs. ``openat2(rootfd, rel, how)`` with ``RESOLVE_BENEATH |
-RESOLVE_NO_SYMLINKS`` resolves ``rel`` inside the root with no symlink on the way and no
-``..`` leaving it, or fails; on success the descriptor is known to be confined, and for a
-file opened ``O_RDONLY`` it is also the descriptor GET reads from.
+``readlink`` alone walking procfs. The root is already a real path (``realpath`` at start), so
+a path made of the root and components that are neither empty nor ``.``/``..`` (the caller
+checks that) and that resolves with no symlink at all is exactly where it says it is: inside
+the root. ``openat2(AT_FDCWD, path, how)`` with ``RESOLVE_NO_SYMLINKS |
+RESOLVE_NO_MAGICLINKS`` opens such a path or fails, in one call that walks the path as
+``open`` does (a vanished, replaced or mounted-over root is seen as ``open`` sees it).
 
-Only a fast path: :func:`open_beneath` returns -1 for every failure (a symlink on the way,
-missing, no permission, an old kernel, a seccomp filter answering ENOSYS, not Linux), and the
-caller then runs its general check, which decides with the same answers as before. So paths
-through symlinks (allowed when they stay inside the root) keep their semantics exactly.
+Only a fast path: :func:`open_no_symlinks` returns -1 for every failure (a symlink on the
+way, missing, no permission, too long, an old kernel, a seccomp filter answering ENOSYS, not
+Linux), and the caller then runs its general check, which decides with the same answers as
+before. So paths through symlinks (allowed when they stay inside the root) keep their
+semantics exactly.
 
 No Python binding exists (the standard library has no ``openat2``); ctypes calls libc's
 ``syscall(2)`` with the syscall number, which is the same on every Linux architecture that
@@ -25,11 +29,11 @@ import sys
 from typing import Any
 
 SYS_OPENAT2 = 437
+AT_FDCWD = -100
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
-#: what every call resolves with: inside the directory, no symlink at all, no magic link
-RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+#: what every call resolves with: no symlink at all, no /proc magic link
+RESOLVE = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 
 class _OpenHow(ctypes.Structure):
@@ -64,18 +68,18 @@ def _how(flags: int) -> tuple[Any, int]:
     return got
 
 
-def open_beneath(dirfd: int, rel: str, flags: int) -> int:
-    """A descriptor of ``rel`` resolved beneath ``dirfd`` without symlinks, or -1.
+def open_no_symlinks(path: str, flags: int) -> int:
+    """A descriptor of ``path`` resolved without following any symlink, or -1.
 
-    ``rel`` is relative ("." for the directory itself); ``flags`` are ``os.open`` flags
-    (``O_CLOEXEC`` is added)."""
+    ``flags`` are ``os.open`` flags (``O_CLOEXEC`` is added); ``path`` is encoded as
+    ``os.open`` encodes it (``os.fsencode``)."""
     fn = _syscall
     if fn is None:
         return -1
-    if "\x00" in rel:
+    if "\x00" in path:
         return -1  # C would see a shorter path (LogicalPath refuses NULs; belt and braces)
     ref, size = _how(flags | os.O_CLOEXEC)
-    fd: int = fn(SYS_OPENAT2, dirfd, rel.encode("utf-8", "surrogateescape"), ref, size)
+    fd: int = fn(SYS_OPENAT2, AT_FDCWD, os.fsencode(path), ref, size)
     return fd if fd >= 0 else -1
 
 
@@ -90,19 +94,11 @@ def _probe() -> None:
     if fn is None:
         return
     _syscall = fn
-    try:
-        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+    fd = open_no_symlinks("/", os.O_PATH)
+    if fd < 0:
         _syscall = None
-        return
-    try:
-        fd = open_beneath(root, ".", os.O_PATH)
-        if fd < 0:
-            _syscall = None
-        else:
-            os.close(fd)
-    finally:
-        os.close(root)
+    else:
+        os.close(fd)
 
 
 _probe()
