@@ -806,25 +806,39 @@ class PosixStorage:
 
     # -- data ---------------------------------------------------------------------------------
     def _open_sync(self, path: LogicalPath) -> tuple[int, FileInfo]:
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, with the
-        # event loop (metadata_in_loop) or an executor thread stuck; regular files ignore it
+        """A descriptor for reading ``path``, a regular file inside the root, and its info.
+
+        The object is opened ``O_PATH`` first (no side effect on any file type) and checked:
+        a FIFO, a socket or a device node is never opened for reading (for a tape drive that
+        could mean a rewind; for a FIFO, a wait for a writer). Only a regular file is then
+        opened for reading, through its ``/proc/self/fd`` link: the very object checked."""
         real = self._real(path)
-        fd = self._open_plain(real, os.O_RDONLY | os.O_NONBLOCK)
-        if fd < 0:
+        pfd = self._confined_fd(real)
+        if pfd < 0:
             self._check_confined(real)
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            pfd = os.open(real, _O_PATH)  # (what is missing or wrong raises here, as open)
             try:
-                self._verify_fd(fd)  # a link swapped since the check: refused, not followed
+                self._verify_fd(pfd)  # a link swapped since the check: refused, not followed
             except BaseException:
-                os.close(fd)
+                os.close(pfd)
                 raise
-        st = os.fstat(fd)
-        if not stat_mod.S_ISREG(st.st_mode):
-            os.close(fd)
-            if stat_mod.S_ISDIR(st.st_mode):
-                raise IsADirectoryError_("is a collection")
-            raise NotRegularError("not a regular file")
-        os.set_blocking(fd, True)  # as before for the reads (a FUSE or NFS file may differ)
+        try:
+            st = os.fstat(pfd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                if stat_mod.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError_("is a collection")
+                raise NotRegularError("not a regular file")
+            try:
+                fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # no /proc: the path again, then the same file or nothing
+                fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                again = os.fstat(fd)
+                if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                    os.close(fd)
+                    raise EscapeError("path changed while being opened") from None
+                os.set_blocking(fd, True)
+        finally:
+            os.close(pfd)
         return fd, _info(path, st)
 
     async def open_read(self, path: LogicalPath) -> PosixReadHandle:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import zlib
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +24,7 @@ import pytest
 
 from segate.paths import LogicalPath
 from segate.storage import nolinks
-from segate.storage.base import BackendError, EscapeError, UnavailableError
+from segate.storage.base import BackendError, EscapeError, NotRegularError, UnavailableError
 from segate.storage.posix import PosixStorage, _resolve
 from testbed.bench.report import Results
 
@@ -258,3 +259,40 @@ def test_link_swapped_after_the_check_is_refused(tmp_path: Path, monkeypatch: An
     os.symlink("d", root / "x")
     with pytest.raises(EscapeError):
         st._stat_sync(LogicalPath(("x", "f")))
+
+
+def test_special_files_are_never_opened_for_reading(tmp_path: Path, monkeypatch: Any) -> None:
+    """GET's open takes an O_PATH descriptor, checks it, and opens only a regular file for
+    reading (through that descriptor): a FIFO or a device node is refused (403) without
+    ever being opened, which for a device could have side effects."""
+    (tmp_path / "f").write_bytes(b"data")
+    os.mkfifo(tmp_path / "fifo")
+    specials = ["fifo"]
+    try:
+        os.mknod(tmp_path / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # as /dev/null
+        specials.append("null")
+    except (PermissionError, OSError):
+        pass  # not root, or nodev: the FIFO alone then
+    os.symlink("fifo", tmp_path / "fifolink")  # the general route too
+    specials.append("fifolink")
+    st = PosixStorage(tmp_path)
+    st.prepare()
+    opened: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def recording(path: Any, flags: int, *a: Any, **kw: Any) -> int:
+        opened.append((str(path), flags))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", recording)
+    for name in specials:
+        with pytest.raises(NotRegularError):
+            st._open_sync(LogicalPath((name,)))
+        assert [p for p, fl in opened if not fl & os.O_PATH] == [], name
+    fd, info = st._open_sync(LogicalPath(("f",)))
+    try:
+        assert os.read(fd, 10) == b"data" and info.size == 4
+    finally:
+        os.close(fd)
+    reads = [p for p, fl in opened if not fl & os.O_PATH]
+    assert len(reads) == 1 and reads[0].startswith("/proc/self/fd/")
