@@ -9,4 +9,5 @@ streams.py   moving bytes between responses and storage; progress for markers an
 engine.py    one transfer: pull (single or multi-stream), idle watchdog, cleanup
 push.py      push: one PUT streamed from storage
 handler.py   the COPY-TPC extension: authorise, answer 202, stream markers
+slots.py     [tpc] max_active: transfers counted over all worker processes
 """

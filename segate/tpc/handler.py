@@ -53,6 +53,7 @@ from segate.tpc.engine import Engine, PullTarget
 from segate.tpc.markers import failure_line, format_endpoint, perf_marker, success_line
 from segate.tpc.netguard import BadScheme, NetGuard, RefusedRemote, Unresolvable
 from segate.tpc.parse import Mode, TransferRequest, parse_transfer
+from segate.tpc.slots import TransferSlots
 from segate.tpc.streams import Progress
 from segate.web.context import Handler, RequestContext, Services
 from segate.web.tls import client_ssl_context
@@ -76,7 +77,8 @@ class TpcService:
             self.cfg, self.guard, client_ssl_context(services.settings.server.ca_dir)
         )
         self.engine = Engine(services.storage, self.client, self.cfg)
-        self.active = 0
+        self.active = 0  # transfers of this worker (what its shutdown waits for)
+        self.slots = TransferSlots()  # ... and of the whole server, for [tpc] max_active
         self.stopping = False
 
     async def stop(self) -> None:
@@ -199,7 +201,7 @@ async def handle_tpc_copy(ctx: RequestContext, svc: TpcService) -> web.StreamRes
     )
     target = await _authorize(ctx, req)
     planned = await _vet_remote(svc, req)
-    if svc.active >= svc.cfg.max_active:
+    if not svc.slots.try_take(svc.cfg.max_active):
         raise ServiceUnavailable(
             f"too many transfers in progress ({svc.cfg.max_active}); try again later",
             headers={"Retry-After": RETRY_AFTER},
@@ -209,6 +211,7 @@ async def handle_tpc_copy(ctx: RequestContext, svc: TpcService) -> web.StreamRes
         return await _stream(ctx, svc, req, target, planned)
     finally:
         svc.active -= 1
+        svc.slots.give_back()
 
 
 async def _stream(

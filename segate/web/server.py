@@ -19,6 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from segate.config import Settings
+from segate.tpc import slots
 from segate.web.app import CONN_LIMIT, create_app, install_connection_limit
 from segate.web.lane import FastLane
 from segate.web.tls import server_ssl_context
@@ -122,6 +123,7 @@ def run(settings: Settings) -> int:
         _run_loop(settings, reuse_port=False)
         return 0
     ctx = multiprocessing.get_context("fork")
+    slots.share(ctx)  # [tpc] max_active counts the transfers of all workers together
     procs = [ctx.Process(target=_worker, args=(settings,), daemon=False) for _ in range(n)]
     for p in procs:
         p.start()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,3 +71,73 @@ def _is_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+class _SlowSource(http.server.BaseHTTPRequestHandler):
+    """A TPC source that takes ~3 s to send 60 kB: transfers overlap for that long."""
+
+    def do_GET(self) -> None:
+        piece = b"s" * 2000
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(piece) * 30))
+        self.end_headers()
+        for _ in range(30):
+            self.wfile.write(piece)
+            self.wfile.flush()
+            time.sleep(0.1)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_max_active_counts_the_transfers_of_all_workers(
+    start_segate: Any, issuer: Any, tmp_path: Path
+) -> None:
+    """``[tpc] max_active`` bounds the server, not each worker: with two workers and
+    max_active = 1, of six COPYs started together on new connections (spread over both
+    workers by SO_REUSEPORT) exactly one runs and the others get 503."""
+    source = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowSource)
+    thread = threading.Thread(target=source.serve_forever, daemon=True)
+    thread.start()
+    try:
+        se = start_segate(
+            {
+                "server": {"workers": 2},
+                "tokens": {"issuers": [{"issuer": issuer.url, "base_path": "/"}]},
+                "tpc": {"max_active": 1, "allow_hosts": ["127.0.0.1"]},
+            },
+            name="two-workers-tpc",
+        )
+        token = issuer.mint(scope="storage.read:/ storage.create:/ storage.modify:/", aud=se.url)
+        src = f"http://127.0.0.1:{source.server_address[1]}/slow"
+        procs = [
+            subprocess.Popen(
+                [
+                    "curl",
+                    "-sS",
+                    "-o",
+                    str(tmp_path / f"out{i}"),
+                    "-w",
+                    "%{http_code}",
+                    "--capath",
+                    str(se.ca_dir),
+                    "-X",
+                    "COPY",
+                    "-H",
+                    f"Authorization: Bearer {token}",
+                    "-H",
+                    f"Source: {src}",
+                    f"{se.url}/copy{i}",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(6)
+        ]
+        codes = sorted(p.communicate(timeout=60)[0] for p in procs)
+        assert codes == ["202", "503", "503", "503", "503", "503"], codes
+        ran = [i for i in range(6) if (tmp_path / f"out{i}").read_text().count("success:")]
+        assert len(ran) == 1
+    finally:
+        source.shutdown()
+        source.server_close()
