@@ -55,11 +55,6 @@ class LineFormatter(logging.Formatter):
         return msec_format % (self._stamp, msecs) if msec_format else self._stamp
 
 
-def _msecs(created: float) -> float:
-    """``LogRecord.msecs`` for ``created`` (Python 3.11's rule)."""
-    return int((created - int(created)) * 1000) + 0.0
-
-
 class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A ``StreamHandler`` that writes the lines of one event-loop turn in one write."""
 
@@ -135,7 +130,7 @@ def _direct_renderer(fmt: logging.Formatter | None) -> Callable[[float, str, str
         stamp = line_fmt.stamp
 
         def text(created: float, levelname: str, name: str, message: str) -> str:
-            msecs = int((created - int(created)) * 1000) + 0.0  # _msecs, inline
+            msecs = int((created - int(created)) * 1000) + 0.0  # LogRecord.msecs (3.11)
             return f"{stamp(created, msecs)} {levelname} {name} {message}"
 
         return text

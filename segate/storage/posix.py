@@ -451,8 +451,7 @@ class PosixStorage:
         self.metadata_in_loop = metadata_in_loop
         self.reserved = os.path.join(self.root, RESERVED_SEGMENT)
         self.staging = os.path.join(self.reserved, "tmp")
-        self._root_prefix = os.path.join(self.root, "")  # (not "//" for a root of "/")
-        self._join_prefix = os.path.join(self.root, "")
+        self._join_prefix = os.path.join(self.root, "")  # (not "//" for a root of "/")
         self._reserved_prefix = self.reserved + os.sep
 
     # -- set-up -------------------------------------------------------------------------------
@@ -496,7 +495,7 @@ class PosixStorage:
 
     def _check_resolved(self, resolved: str) -> None:
         """Refuse a resolved (real) path outside the root or inside the reserved area."""
-        if resolved != self.root and not resolved.startswith(self._root_prefix):
+        if resolved != self.root and not resolved.startswith(self._join_prefix):
             raise EscapeError("path leaves the storage root")
         if resolved == self.reserved or resolved.startswith(self._reserved_prefix):
             # a symlink inside the root that leads into the staging area
@@ -568,22 +567,30 @@ class PosixStorage:
         if resolved.startswith("/"):
             self._check_resolved(resolved.removesuffix(" (deleted)"))
 
+    def _checked_fd(self, real: str) -> int:
+        """An ``O_PATH`` descriptor of ``real``, confined: :meth:`_confined_fd`, else the
+        general check and an ``open`` whose result is checked again (:meth:`_verify_fd`).
+        OSError as ``open`` raises it for what is missing or wrong; EscapeError as there."""
+        fd = self._confined_fd(real)
+        if fd >= 0:
+            return fd
+        self._check_confined(real)
+        fd = os.open(real, _O_PATH)
+        try:
+            self._verify_fd(fd)  # a link swapped since the check: refused, not followed
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     # -- namespace ----------------------------------------------------------------------------
     def _stat_real(self, path: LogicalPath, real: str) -> FileInfo | None:
         """Stat ``real`` (``path``'s place) once its confinement is checked; None if missing."""
-        fd = self._confined_fd(real)
-        if fd >= 0:
-            try:
-                return _info(path, os.fstat(fd))
-            finally:
-                os.close(fd)
-        self._check_confined(real)
         try:
-            fd = os.open(real, _O_PATH)
+            fd = self._checked_fd(real)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
-            self._verify_fd(fd)  # a link swapped since the check: refused, not followed
             return _info(path, os.fstat(fd))
         finally:
             os.close(fd)
@@ -813,15 +820,7 @@ class PosixStorage:
         could mean a rewind; for a FIFO, a wait for a writer). Only a regular file is then
         opened for reading, through its ``/proc/self/fd`` link: the very object checked."""
         real = self._real(path)
-        pfd = self._confined_fd(real)
-        if pfd < 0:
-            self._check_confined(real)
-            pfd = os.open(real, _O_PATH)  # (what is missing or wrong raises here, as open)
-            try:
-                self._verify_fd(pfd)  # a link swapped since the check: refused, not followed
-            except BaseException:
-                os.close(pfd)
-                raise
+        pfd = self._checked_fd(real)
         try:
             st = os.fstat(pfd)
             if not stat_mod.S_ISREG(st.st_mode):

@@ -32,8 +32,8 @@ def unshare() -> None:
 class TransferSlots:
     """Slots for running transfers: the server-wide counter if one was shared, else local."""
 
-    def __init__(self, shared: Any = None) -> None:
-        self._shared = shared if shared is not None else _shared
+    def __init__(self) -> None:
+        self._shared = _shared
         self._local = 0
 
     @property
