@@ -18,9 +18,10 @@ SECRET_QUERY_KEYS = frozenset({"authz", "access_token", "token", "macaroon"})
 # any ``name=value`` query parameter; the name is percent-decoded before it is compared, because
 # credential parsing decodes names too (``access%5Ftoken=`` authenticates like ``access_token=``)
 _QUERY_PARAM = re.compile(r"(^|[?&;])([^=&;#?\s]+)=([^&;#]*)")
-# ``Bearer <anything up to whitespace>`` (raw header bytes in parser errors) and truncated JWTs:
-# a JWT header always starts ``eyJ`` (base64url of ``{"``), cut anywhere by a length limit
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\\'\"]+")
+# ``Bearer <anything up to whitespace>`` (raw header bytes in parser errors), except the words
+# of segate's own messages ("empty bearer credential"), and truncated JWTs: a JWT header always
+# starts ``eyJ`` (base64url of ``{"``), cut anywhere by a length limit
+_BEARER = re.compile(r"(?i)\b(bearer)\s+(?!(?:credential|token)s?(?:\s|$))[^\s\\'\"]+")
 _JWT_PREFIX = re.compile(r"eyJ[A-Za-z0-9_.+/=-]{17,}")
 # JWTs (three base64url parts) and long base64url runs (macaroons) anywhere in free text
 _JWT_LIKE = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")

@@ -17,6 +17,7 @@ from yarl import URL
 
 from segate.dav.xml import MAX_PROPFIND_PROPS, parse_propfind
 from segate.errors import BadRequest
+from segate.web.redact import redact_text
 from tests.conftest import Gateway
 from tests.integration.tpc_helpers import TPC, FakeRemote, parse_stream, pull_headers, serve_bytes
 
@@ -44,6 +45,25 @@ async def test_query_token_is_redacted_by_decoded_name(
     lines = access_lines()
     assert lines and any("REDACTED" in line for line in lines)
     assert not any(signature in line for line in lines)
+
+
+async def test_own_reasons_are_logged_readably_and_secrets_are_not(
+    gw: Gateway, access_lines: Callable[[], list[str]]
+) -> None:
+    """segate's own 401 reasons ("empty bearer credential") reach the log as written; a real
+    credential after the word "Bearer" in free text is still scrubbed."""
+    (gw.root / "f").write_bytes(b"data")
+    r = await gw.client.get("/f", headers={"Authorization": "Bearer "})
+    assert r.status == 401
+    r = await gw.client.get("/f", headers={"Authorization": "Bearer not-a-credential-we-know"})
+    assert r.status == 401
+    lines = access_lines()
+    assert any("empty bearer credential" in line for line in lines), lines
+    assert any("bearer credential is neither" in line for line in lines), lines
+    assert not any("bearer REDACTED" in line for line in lines), lines
+    assert not any("not-a-credential-we-know" in line for line in lines), lines
+    assert redact_text("Authorization: Bearer tokenABC") == "Authorization: Bearer REDACTED"
+    assert redact_text("Bearer credentialXYZ") == "Bearer REDACTED"
 
 
 async def test_parser_errors_log_one_line_and_echo_nothing(
