@@ -73,11 +73,21 @@ def read(real: str) -> dict[str, str]:
 
 
 def patch(real: str, changes: PropPatch) -> None:
-    """Apply ``changes`` in order (value None removes; removing an absent name is fine)."""
+    """:func:`patch_fd` on the file or directory at ``real`` (no confinement check: the
+    storage opens a checked descriptor and calls :func:`patch_fd` itself)."""
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError as exc:
         raise NotFoundError("no such file or collection") from exc
+    try:
+        patch_fd(fd, changes)
+    finally:
+        os.close(fd)
+
+
+def patch_fd(fd: int, changes: PropPatch) -> None:
+    """Apply ``changes`` in order to the open file or directory ``fd`` (value None removes;
+    removing an absent name is fine). Serialised per resource by ``flock``."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         props = _read_fd(fd)
@@ -104,4 +114,4 @@ def patch(real: str, changes: PropPatch) -> None:
                 ) from exc
             raise
     finally:
-        os.close(fd)  # also releases the lock
+        fcntl.flock(fd, fcntl.LOCK_UN)

@@ -7,7 +7,12 @@
   ``RESOLVE_NO_SYMLINKS`` instead (storage/nolinks.py): the root being a real path, such a path
   is inside it. Where a path is checked first and opened after (stat, GET), the opened
   descriptor's own real path is checked again, so a link swapped in between by a local user is
-  refused, not followed. (Dead properties are still read by path after the check.)
+  refused, not followed. Every change (PUT's commit, DELETE, MKCOL, MOVE, COPY, PROPPATCH) and
+  every listing works on a checked descriptor of the parent collection (or of the object) and
+  a name (``unlinkat``, ``renameat``, ``linkat``, ``mkdirat``, ``rmtree(dir_fd=)``,
+  ``scandir(fd)``), never on the path again: a folder on the way swapped for a symlink after
+  the check is not followed. (A Depth-0 PROPFIND still reads segate's own dead-property
+  attribute by path after the check: the one read left, and it can only show that attribute.)
 * Atomic uploads: data goes to ``<root>/.segate/tmp/<random>`` (same filesystem), then is
   renamed into place; without overwrite it is hard-linked (``link`` fails with EEXIST
   atomically) so a create-only writer can never replace a file (WLCG ``storage.create``).
@@ -64,6 +69,7 @@ from segate.storage.base import (
     UnavailableError,
 )
 from segate.storage.nolinks import open_no_symlinks
+from segate.storage.treecopy import copy_fd
 
 try:  # ISA-L's adler32: the same values, ~6x faster than zlib's (0.06 against 0.35 s per GiB)
     from isal.isal_zlib import adler32
@@ -223,6 +229,37 @@ def _resolve(path: str) -> str:
     return resolved if resolved.startswith("/") else os.path.realpath(path)
 
 
+def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
+    """``name`` in the folder ``dfd``, not following a link; None if missing."""
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+class _Parents:
+    """``with _Parents(storage, a, b) as (a_parent_fd, a_name, b_parent_fd, b_name)``: both
+    checked parent descriptors (:meth:`PosixStorage._parent_fd`), closed on exit."""
+
+    def __init__(self, storage: PosixStorage, a: LogicalPath, b: LogicalPath) -> None:
+        self.storage, self.a, self.b = storage, a, b
+        self.fds: list[int] = []
+
+    def __enter__(self) -> tuple[int, str, int, str]:
+        afd, aname = self.storage._parent_fd(self.a)
+        try:
+            bfd, bname = self.storage._parent_fd(self.b)
+        except BaseException:
+            os.close(afd)
+            raise
+        self.fds = [afd, bfd]
+        return afd, aname, bfd, bname
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
 class PosixReadHandle:
     def __init__(self, storage: PosixStorage, fd: int, info: FileInfo) -> None:
         self._storage = storage
@@ -270,10 +307,13 @@ class PosixReadHandle:
 
 
 class PosixUpload:
-    def __init__(self, storage: PosixStorage, target: LogicalPath, tmp: str, fd: int) -> None:
+    def __init__(
+        self, storage: PosixStorage, target: LogicalPath, staging: int, tmp: str, fd: int
+    ) -> None:
         self._storage = storage
         self.target = target
-        self._tmp = tmp
+        self._staging = staging  # O_PATH descriptor of the staging folder, checked
+        self._tmp = tmp  # the staging file's name in it
         self._fd = fd
         self._hasher: _Hasher | None = _Hasher("adler32")
         self.bytes_written = 0
@@ -382,8 +422,7 @@ class PosixUpload:
         self.bytes_written += len(data)
 
     def _commit_sync(self, overwrite: bool, make_parents: bool) -> bool:
-        real = self._storage._real(self.target)
-        parent = os.path.dirname(real)
+        storage = self._storage
         with self._fd_lock:
             if self._fd < 0:
                 raise OSError(errno.EBADF, "upload was aborted")
@@ -392,22 +431,35 @@ class PosixUpload:
                 _set_cached(self._fd, "adler32", st, self._hasher.value())
             os.close(self._fd)
             self._fd = -1
-        if not os.path.isdir(parent):
-            if os.path.lexists(parent):
-                raise NotADirectoryError_("parent is not a collection")
+        try:
+            pfd, name = storage._parent_fd(self.target)
+        except ParentMissingError:
             if not make_parents:
-                raise ParentMissingError("parent collection does not exist")
-            os.makedirs(parent, exist_ok=True)
-            self._storage._check_confined(parent)
-        if os.path.isdir(real):
-            raise IsADirectoryError_("target is a collection")
-        if not overwrite:
-            os.link(self._tmp, real)  # EEXIST if anything is there: atomic create-only
-            os.unlink(self._tmp)
-            return True
-        existed = os.path.lexists(real)
-        os.rename(self._tmp, real)
-        return not existed
+                raise
+            storage._makedirs_sync(self.target.parent)
+            pfd, name = storage._parent_fd(self.target)
+        try:
+            try:  # (follows a link, as before: a link to a collection is a collection)
+                is_dir = stat_mod.S_ISDIR(os.stat(name, dir_fd=pfd).st_mode)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                raise IsADirectoryError_("target is a collection")
+            staging, tmp = self._staging, self._tmp
+            if not overwrite:
+                # EEXIST if anything is there: atomic create-only
+                os.link(tmp, name, src_dir_fd=staging, dst_dir_fd=pfd, follow_symlinks=False)
+                os.unlink(tmp, dir_fd=staging)
+                return True
+            try:
+                os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                existed = True
+            except FileNotFoundError:
+                existed = False
+            os.rename(tmp, name, src_dir_fd=staging, dst_dir_fd=pfd)
+            return not existed
+        finally:
+            os.close(pfd)
 
     async def commit(self, *, overwrite: bool, make_parents: bool) -> bool:
         try:
@@ -419,7 +471,13 @@ class PosixUpload:
             await self.abort()
             raise
         self._done = True
+        self._close_staging()
         return created
+
+    def _close_staging(self) -> None:
+        if self._staging >= 0:
+            fd, self._staging = self._staging, -1
+            os.close(fd)
 
     async def abort(self) -> None:
         with self._fd_lock:  # waits (at most one write) for a write still in the executor
@@ -429,7 +487,8 @@ class PosixUpload:
         if not self._done:
             self._done = True
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
+                os.unlink(self._tmp, dir_fd=self._staging)
+        self._close_staging()
 
 
 class PosixStorage:
@@ -564,8 +623,12 @@ class PosixStorage:
             resolved = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             return
+        if resolved.endswith(" (deleted)") and os.fstat(fd).st_nlink == 0:
+            # removed since it was opened: the name says nothing about where it was (and a
+            # file really named "<root> (deleted)" beside the root must not pass as the root)
+            raise FileNotFoundError(errno.ENOENT, "removed while being opened")
         if resolved.startswith("/"):
-            self._check_resolved(resolved.removesuffix(" (deleted)"))
+            self._check_resolved(resolved)
 
     def _checked_fd(self, real: str) -> int:
         """An ``O_PATH`` descriptor of ``real``, confined: :meth:`_confined_fd`, else the
@@ -581,6 +644,44 @@ class PosixStorage:
         except BaseException:
             os.close(fd)
             raise
+        return fd
+
+    def _dir_fd(self, real: str) -> int:
+        """A checked ``O_PATH`` descriptor of the collection at ``real`` (:meth:`_checked_fd`);
+        NotADirectoryError_ if it is something else. Changes are made relative to it."""
+        fd = self._checked_fd(real)
+        try:
+            if not stat_mod.S_ISDIR(os.fstat(fd).st_mode):
+                raise NotADirectoryError_("a path component is not a collection")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _parent_fd(self, path: LogicalPath) -> tuple[int, str]:
+        """(checked descriptor of ``path``'s parent collection, ``path``'s name): where a change
+        to ``path`` is made, with the ``*at`` calls, so that nothing on the way is resolved
+        again after the check. ParentMissingError if the parent does not exist."""
+        try:
+            return self._dir_fd(self._real(path.parent)), path.name
+        except FileNotFoundError:
+            raise ParentMissingError("parent collection does not exist") from None
+
+    def _reopen(self, pfd: int, real: str, flags: int) -> int:
+        """The object of the checked ``O_PATH`` descriptor ``pfd`` opened with ``flags``:
+        through its ``/proc/self/fd`` link (the very object checked, never a path again); with
+        no /proc, ``real`` opened without following a last link and compared by inode."""
+        try:
+            return os.open(f"/proc/self/fd/{pfd}", flags | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        fd = os.open(real, flags | os.O_CLOEXEC | os.O_NONBLOCK)
+        want, got = os.fstat(pfd), os.fstat(fd)
+        if (want.st_dev, want.st_ino) != (got.st_dev, got.st_ino):
+            os.close(fd)
+            raise EscapeError("path changed while being opened")
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
         return fd
 
     # -- namespace ----------------------------------------------------------------------------
@@ -622,25 +723,45 @@ class PosixStorage:
             raise _map_oserror(exc) from exc
 
     def _listdir_sync(self, path: LogicalPath, limit: int | None = None) -> list[FileInfo]:
-        real = self._confined(path)
+        real = self._real(path)
+        pfd = self._dir_fd(real)
+        try:  # the checked folder itself is read, and its entries stat'ed relative to it
+            dfd = self._reopen(pfd, real, os.O_RDONLY | os.O_DIRECTORY)
+        finally:
+            os.close(pfd)
         out: list[FileInfo] = []
-        with os.scandir(real) as it:
-            for entry in it:
-                if limit is not None and len(out) > limit:
-                    break  # one over the limit is enough for the caller to refuse
-                if path.is_root and entry.name == RESERVED_SEGMENT:
-                    continue
-                if any(0xD800 <= ord(c) <= 0xDFFF for c in entry.name):
-                    continue  # not valid UTF-8: cannot be named in a URL we can parse back
-                child = path.child(entry.name)
-                try:
-                    if entry.is_symlink():
-                        self._check_confined(entry.path)
-                    out.append(_info(child, entry.stat()))
-                except (OSError, EscapeError):
-                    continue  # dangling or escaping links are not shown
+        try:
+            with os.scandir(dfd) as it:
+                for entry in it:
+                    if limit is not None and len(out) > limit:
+                        break  # one over the limit is enough for the caller to refuse
+                    name = entry.name
+                    if path.is_root and name == RESERVED_SEGMENT:
+                        continue
+                    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+                        continue  # not valid UTF-8: cannot be named in a URL we can parse back
+                    try:
+                        if entry.is_symlink():
+                            st = self._link_stat(dfd, name)
+                        else:
+                            st = entry.stat(follow_symlinks=False)
+                    except (OSError, EscapeError):
+                        continue  # dangling or escaping links are not shown
+                    out.append(_info(path.child(name), st))
+        finally:
+            os.close(dfd)
         out.sort(key=lambda i: i.path.name)
         return out
+
+    def _link_stat(self, dfd: int, name: str) -> os.stat_result:
+        """The stat of what the link ``name`` in the folder ``dfd`` leads to, if that is
+        inside the root: the link is opened (``O_PATH``) and the opened object checked."""
+        fd = os.open(name, _O_PATH, dir_fd=dfd)
+        try:
+            self._verify_fd(fd)
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     async def listdir(self, path: LogicalPath, limit: int | None = None) -> list[FileInfo]:
         """The collection's entries, sorted by name; with ``limit``, at most ``limit + 1``
@@ -651,13 +772,13 @@ class PosixStorage:
             raise _map_oserror(exc) from exc
 
     def _mkdir_sync(self, path: LogicalPath) -> None:
-        real = self._confined(path)
-        parent = os.path.dirname(real)
-        if not os.path.isdir(parent):
-            if os.path.lexists(parent):
-                raise NotADirectoryError_("parent is not a collection")
-            raise ParentMissingError("parent collection does not exist")
-        os.mkdir(real, 0o755)
+        if path.is_root:
+            raise ExistsError("already exists")
+        pfd, name = self._parent_fd(path)
+        try:
+            os.mkdir(name, 0o755, dir_fd=pfd)
+        finally:
+            os.close(pfd)
 
     async def mkdir(self, path: LogicalPath) -> None:
         try:
@@ -685,29 +806,47 @@ class PosixStorage:
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
-    async def makedirs(self, path: LogicalPath) -> None:
-        def run() -> None:
-            real = self._confined(path)
-            os.makedirs(real, exist_ok=True)
-            self._check_confined(real)
+    def _makedirs_sync(self, path: LogicalPath) -> None:
+        """``path`` and its missing ancestors created, each in its checked parent."""
+        chain: list[LogicalPath] = []
+        p = path
+        while not p.is_root:
+            chain.append(p)
+            p = p.parent
+        for p in reversed(chain):
+            pfd, name = self._parent_fd(p)
+            try:
+                os.mkdir(name, 0o755, dir_fd=pfd)
+            except FileExistsError:
+                pass
+            finally:
+                os.close(pfd)
+        os.close(self._dir_fd(self._real(path)))  # there, a collection, inside the root
 
+    async def makedirs(self, path: LogicalPath) -> None:
         try:
-            await self._run(run)
+            await self._run(self._makedirs_sync, path)
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
     def _delete_sync(self, path: LogicalPath, recursive: bool) -> None:
         if path.is_root:
             raise InvalidTargetError("cannot delete the storage root")
-        real = self._confined(path)
-        st = os.lstat(real)
-        if stat_mod.S_ISDIR(st.st_mode):
-            if recursive:
-                shutil.rmtree(real)
+        try:
+            pfd, name = self._parent_fd(path)
+        except ParentMissingError:
+            raise NotFoundError("no such file or collection") from None
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if stat_mod.S_ISDIR(st.st_mode):
+                if recursive:
+                    shutil.rmtree(name, dir_fd=pfd)  # fd-based: links inside are not followed
+                else:
+                    os.rmdir(name, dir_fd=pfd)
             else:
-                os.rmdir(real)
-        else:
-            os.unlink(real)
+                os.unlink(name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
 
     async def delete(self, path: LogicalPath, *, recursive: bool = False) -> None:
         try:
@@ -740,16 +879,19 @@ class PosixStorage:
         return rsrc, rdst, os.path.lexists(rdst)
 
     def _move_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
-        rsrc, rdst, existed = self._transfer_targets(src, dst)
-        if existed:
-            if not overwrite:
-                raise ExistsError("destination exists")
-            if os.path.isdir(rdst) and not os.path.islink(rdst):
-                shutil.rmtree(rdst)
-            elif os.path.isdir(rsrc) and not os.path.islink(rsrc):
-                os.unlink(rdst)  # rename(2) cannot put a directory over a file
-        os.rename(rsrc, rdst)
-        return not existed
+        self._transfer_targets(src, dst)
+        with _Parents(self, src, dst) as (spfd, sname, dpfd, dname):
+            sst = os.stat(sname, dir_fd=spfd, follow_symlinks=False)
+            dst_st = _lstat_at(dpfd, dname)
+            if dst_st is not None:
+                if not overwrite:
+                    raise ExistsError("destination exists")
+                if stat_mod.S_ISDIR(dst_st.st_mode):
+                    shutil.rmtree(dname, dir_fd=dpfd)
+                elif stat_mod.S_ISDIR(sst.st_mode):
+                    os.unlink(dname, dir_fd=dpfd)  # rename(2) cannot put a directory over a file
+            os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
+        return dst_st is None
 
     async def move(self, src: LogicalPath, dst: LogicalPath, *, overwrite: bool) -> bool:
         try:
@@ -758,25 +900,51 @@ class PosixStorage:
             raise _map_oserror(exc) from exc
 
     def _copy_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
-        rsrc, rdst, existed = self._transfer_targets(src, dst)
-        if existed and not overwrite:
-            raise ExistsError("destination exists")
-        tmp = os.path.join(self.staging, secrets.token_hex(12))
+        rsrc, _, _ = self._transfer_targets(src, dst)
+        # the source itself may be a link inside the root (followed, as before); below it,
+        # links are copied as links and nothing is resolved by path again
+        pfd = self._checked_fd(rsrc)
         try:
-            if os.path.isdir(rsrc):
-                shutil.copytree(rsrc, tmp, symlinks=True)
+            st = os.fstat(pfd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                sfd = self._reopen(pfd, rsrc, os.O_RDONLY | os.O_DIRECTORY)
+            elif stat_mod.S_ISREG(st.st_mode):
+                sfd = self._reopen(pfd, rsrc, os.O_RDONLY)
             else:
-                shutil.copy2(rsrc, tmp)
-            if existed:
-                if os.path.isdir(rdst) and not os.path.islink(rdst):
-                    shutil.rmtree(rdst)
-                else:
-                    os.unlink(rdst)
-            os.rename(tmp, rdst)
+                raise NotRegularError("not a regular file")
         finally:
-            if os.path.lexists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.unlink(tmp)
-        return not existed
+            os.close(pfd)
+        tmp = secrets.token_hex(12)
+        try:
+            staging = self._staging_fd()
+        except BaseException:
+            os.close(sfd)
+            raise
+        try:
+            dpfd, dname = self._parent_fd(dst)
+            try:
+                dst_st = _lstat_at(dpfd, dname)
+                if dst_st is not None and not overwrite:
+                    raise ExistsError("destination exists")
+                copy_fd(sfd, staging, tmp)
+                if dst_st is not None:
+                    if stat_mod.S_ISDIR(dst_st.st_mode):
+                        shutil.rmtree(dname, dir_fd=dpfd)
+                    else:
+                        os.unlink(dname, dir_fd=dpfd)
+                os.rename(tmp, dname, src_dir_fd=staging, dst_dir_fd=dpfd)
+            finally:
+                os.close(dpfd)
+        finally:
+            os.close(sfd)
+            st_tmp = _lstat_at(staging, tmp)
+            if st_tmp is not None:
+                if stat_mod.S_ISDIR(st_tmp.st_mode):
+                    shutil.rmtree(tmp, dir_fd=staging, ignore_errors=True)
+                else:
+                    os.unlink(tmp, dir_fd=staging)
+            os.close(staging)
+        return dst_st is None
 
     async def copy(self, src: LogicalPath, dst: LogicalPath, *, overwrite: bool) -> bool:
         try:
@@ -805,9 +973,27 @@ class PosixStorage:
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
+    def _patch_properties_sync(self, path: LogicalPath, changes: deadprops.PropPatch) -> None:
+        real = self._real(path)
+        try:
+            pfd = self._checked_fd(real)
+        except FileNotFoundError:
+            raise NotFoundError("no such file or collection") from None
+        try:
+            mode = os.fstat(pfd).st_mode
+            if not (stat_mod.S_ISREG(mode) or stat_mod.S_ISDIR(mode)):
+                raise NotRegularError("not a regular file")  # never open a FIFO or a device
+            fd = self._reopen(pfd, real, os.O_RDONLY)
+        finally:
+            os.close(pfd)
+        try:
+            deadprops.patch_fd(fd, changes)
+        finally:
+            os.close(fd)
+
     async def patch_properties(self, path: LogicalPath, changes: deadprops.PropPatch) -> None:
         try:
-            await self._run(lambda: deadprops.patch(self._confined(path), changes))
+            await self._run(self._patch_properties_sync, path, changes)
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
@@ -827,15 +1013,7 @@ class PosixStorage:
                 if stat_mod.S_ISDIR(st.st_mode):
                     raise IsADirectoryError_("is a collection")
                 raise NotRegularError("not a regular file")
-            try:
-                fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:  # no /proc: the path again, then the same file or nothing
-                fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                again = os.fstat(fd)
-                if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
-                    os.close(fd)
-                    raise EscapeError("path changed while being opened") from None
-                os.set_blocking(fd, True)
+            fd = self._reopen(pfd, real, os.O_RDONLY)
         finally:
             os.close(pfd)
         return fd, _info(path, st)
@@ -847,18 +1025,37 @@ class PosixStorage:
             raise _map_oserror(exc) from exc
         return PosixReadHandle(self, fd, info)
 
+    def _staging_fd(self) -> int:
+        """A checked ``O_PATH`` descriptor of the staging folder, where staging files are made
+        by name: a reserved folder replaced by a link cannot move them out of the root."""
+        fd = os.open(self.staging, _O_PATH | os.O_DIRECTORY)
+        try:
+            resolved = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return fd  # no /proc: nothing more can be said
+        if resolved != self.staging:
+            os.close(fd)
+            raise EscapeError("the staging folder is not where it should be")
+        return fd
+
     async def new_upload(self, path: LogicalPath) -> PosixUpload:
-        def run() -> tuple[str, int]:
+        def run() -> tuple[int, str, int]:
             self._confined(path)
-            tmp = os.path.join(self.staging, secrets.token_hex(16))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            return tmp, fd
+            staging = self._staging_fd()
+            tmp = secrets.token_hex(16)
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                fd = os.open(tmp, flags, 0o644, dir_fd=staging)
+            except BaseException:
+                os.close(staging)
+                raise
+            return staging, tmp, fd
 
         try:
-            tmp, fd = await self._run(run)
+            staging, tmp, fd = await self._run(run)
         except OSError as exc:
             raise _map_oserror(exc) from exc
-        return PosixUpload(self, path, tmp, fd)
+        return PosixUpload(self, path, staging, tmp, fd)
 
     def _checksum_sync(self, path: LogicalPath, algorithm: str) -> str:
         fd, _ = self._open_sync(path)
