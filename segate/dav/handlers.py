@@ -14,7 +14,7 @@ from segate.dav.propfind import handle_propfind
 from segate.dav.proppatch import handle_proppatch
 from segate.dav.read import handle_get, handle_head
 from segate.dav.write import handle_delete, handle_mkcol, handle_put
-from segate.errors import MethodNotAllowed, NotImplementedByServer
+from segate.errors import BadRequest, MethodNotAllowed, NotImplementedByServer
 from segate.web.context import Handler, RequestContext
 
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, COPY, PROPFIND, PROPPATCH, POST"
@@ -34,6 +34,8 @@ async def handle_options(ctx: RequestContext) -> web.StreamResponse:
 
 async def handle_copy(ctx: RequestContext) -> web.StreamResponse:
     headers = ctx.request.headers
+    if "Source" not in headers and "Destination" not in headers:
+        raise BadRequest("COPY needs a Destination header (or Source, for a third-party pull)")
     if "Source" in headers or not _destination_is_local(ctx):
         tpc = ctx.services.extensions.get("COPY-TPC")
         if tpc is None:

@@ -52,7 +52,7 @@ from segate.tpc.client import RemoteClient, TransferFailed, strip_query
 from segate.tpc.engine import Engine, PullTarget
 from segate.tpc.markers import failure_line, format_endpoint, perf_marker, success_line
 from segate.tpc.netguard import BadScheme, NetGuard, RefusedRemote, Unresolvable
-from segate.tpc.parse import Mode, TransferRequest, parse_transfer
+from segate.tpc.parse import Mode, TransferRequest, forwarded_secrets, parse_transfer
 from segate.tpc.slots import TransferSlots
 from segate.tpc.streams import Progress
 from segate.web.context import Handler, RequestContext, Services
@@ -270,7 +270,7 @@ async def _stream(
         final = success_line()
         ctx.reasons.append(f"tpc {req.mode}: success")
     except TransferFailed as exc:
-        final = failure_line(str(exc))
+        final = failure_line(str(exc), forwarded_secrets(req.headers))
         ctx.reasons.append(f"tpc {req.mode}: {final.strip()}")
     except Exception:
         log.exception("tpc %s: unexpected error", req.mode)

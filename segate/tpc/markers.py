@@ -14,8 +14,9 @@ offset 26, so one space after the colon matters):
 
 The last line of the body is ``success: Created`` or ``failure: <reason>`` (xrootd PR #2260:
 every error starts with ``failure:``). The reason is one line (CR/LF and other control
-characters become spaces), redacted (tokens, macaroons, ``authz=`` query values; B09) and
-bounded in length (davix reads lines of at most 1023 bytes).
+characters become spaces), redacted (tokens, macaroons, ``authz=`` query values, and the
+forwarded credentials themselves; B09) and bounded in length (davix reads lines of at most
+1023 bytes).
 """
 
 from __future__ import annotations
@@ -59,7 +60,13 @@ def one_line(text: str) -> str:
     return " ".join(cleaned.split())
 
 
-def failure_line(reason: str) -> str:
+def failure_line(reason: str, hide: Iterable[str] = ()) -> str:
+    """``failure: <reason>``; ``hide`` are the forwarded credentials (``TransferHeader*``
+    values) a remote may echo in its error body, removed wherever they appear, whatever their
+    scheme (``Basic user:password`` has no pattern a generic scrubber could know)."""
+    for secret in sorted(hide, key=len, reverse=True):
+        if len(secret) >= 4:
+            reason = reason.replace(secret, "REDACTED")
     text = one_line(redact_text(reason)) or "transfer failed"
     if len(text) > MAX_LINE:
         text = text[: MAX_LINE - 3] + "..."

@@ -106,6 +106,20 @@ CANONICAL = {
 #: forwarded headers that carry a credential: never sent to another host after a redirect
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "x-auth-token"})
 
+
+def forwarded_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
+    """The credentials among forwarded headers: each whole value, and for ``<scheme> <cred>``
+    the credential alone (a remote may echo either in an error body)."""
+    out: list[str] = []
+    for name, value in headers:
+        if name.lower() in CREDENTIAL_HEADERS:
+            out.append(value.strip())
+            cred = value.strip().partition(" ")[2]
+            if cred.strip():
+                out.append(cred.strip())
+    return out
+
+
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _SCHEMES = {"http": "http", "https": "https", "dav": "http", "davs": "https"}
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^#]*)")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from segate.dav.xml import MAX_PROPFIND_PROPS, parse_propfind
@@ -195,3 +196,39 @@ async def test_a_fifo_is_refused_not_opened(
         assert r.status == 403, (method, r.status)
     r = await gw.client.request("HEAD", "/pipe", headers=h)  # a stat alone is fine
     assert r.status == 200
+
+
+async def test_a_forwarded_credential_echoed_by_the_remote_is_not_repeated(
+    make_gateway: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A remote that echoes the Authorization it got in its error body: a Basic credential
+    (user:password, no pattern a scrubber knows) reached the failure line and the log."""
+    caplog.set_level(logging.INFO, logger="segate")
+    gw: Gateway = await make_gateway(tpc=TPC)
+    remote = await FakeRemote().start()
+    basic = "Basic dXNlcjpwYXNzd29yZA=="  # user:password
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=403, text=f"denied for {request.headers.get('Authorization')}")
+
+    try:
+        remote.routes["/echo"] = echo
+        for sent in (basic, "dXNlcjpwYXNzd29yZA=="):
+            h = pull_headers(gw, remote.url("/echo"), TransferHeaderAuthorization=sent)
+            r = await gw.client.request("COPY", "/dst", headers=h)
+            assert r.status == 202
+            _markers, final = parse_stream(await r.text())
+            assert final.startswith("failure: ") and "403" in final, final
+            assert "denied for" in final and "REDACTED" in final, final
+            assert "dXNlcjpwYXNzd29yZA" not in final
+        logged = "\n".join(rec.getMessage() for rec in caplog.records)
+        assert "denied for" in logged
+        assert "dXNlcjpwYXNzd29yZA" not in logged
+    finally:
+        await remote.close()
+
+
+async def test_copy_without_source_or_destination_says_what_is_missing(gw: Gateway) -> None:
+    r = await gw.client.request("COPY", "/f", headers=gw.bearer("storage.read:/"))
+    assert r.status == 400
+    assert "Destination header (or Source" in await r.text()
