@@ -79,9 +79,11 @@ async def handle_move(ctx: RequestContext) -> web.StreamResponse:
         raise NotFound("source does not exist")
     if info.is_dir:
         authorize_subtree(ctx, Op.MOVE_OUT, src)
-    await _authorize_destination(ctx, dst, src_is_dir=info.is_dir, overwrite=overwrite)
+    existed = await _authorize_destination(ctx, dst, src_is_dir=info.is_dir, overwrite=overwrite)
     try:
-        created = await ctx.storage.move(src, dst, overwrite=overwrite)
+        # a destination that did not exist was authorised as a creation (storage.create may
+        # be all the requester has): one that appears meanwhile is not replaced (412)
+        created = await ctx.storage.move(src, dst, overwrite=overwrite and existed)
     except ExistsError as exc:
         raise PreconditionFailed("destination exists and Overwrite is F") from exc
     return web.Response(status=201 if created else 204)
@@ -110,7 +112,7 @@ async def handle_local_copy(ctx: RequestContext, dest: Destination) -> web.Strea
             await ctx.storage.mkdir(dst)
             created = not existed
         else:
-            created = await ctx.storage.copy(src, dst, overwrite=overwrite)
+            created = await ctx.storage.copy(src, dst, overwrite=overwrite and existed)
     except ExistsError as exc:
         raise PreconditionFailed("destination exists and Overwrite is F") from exc
     return web.Response(status=201 if created else 204)

@@ -11,8 +11,10 @@
   every listing works on a checked descriptor of the parent collection (or of the object) and
   a name (``unlinkat``, ``renameat``, ``linkat``, ``mkdirat``, ``rmtree(dir_fd=)``,
   ``scandir(fd)``), never on the path again: a folder on the way swapped for a symlink after
-  the check is not followed. (A Depth-0 PROPFIND still reads segate's own dead-property
-  attribute by path after the check: the one read left, and it can only show that attribute.)
+  the check is not followed. Dead properties are read through the checked descriptor's
+  ``/proc/self/fd`` link. A MOVE or COPY that must not replace renames with
+  ``RENAME_NOREPLACE`` (storage/noreplace.py); trees are copied and removed by descriptors
+  (storage/fdtree.py), and the staging folder is made and emptied by descriptors at start-up.
 * Atomic uploads: data goes to ``<root>/.segate/tmp/<random>`` (same filesystem), then is
   renamed into place; without overwrite it is hard-linked (``link`` fails with EEXIST
   atomically) so a create-only writer can never replace a file (WLCG ``storage.create``).
@@ -38,9 +40,9 @@ import base64
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import secrets
-import shutil
 import stat as stat_mod
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -68,8 +70,9 @@ from segate.storage.base import (
     StorageError,
     UnavailableError,
 )
+from segate.storage.fdtree import copy_fd, remove_tree
 from segate.storage.nolinks import open_no_symlinks
-from segate.storage.treecopy import copy_fd
+from segate.storage.noreplace import rename_noreplace
 
 try:  # ISA-L's adler32: the same values, ~6x faster than zlib's (0.06 against 0.35 s per GiB)
     from isal.isal_zlib import adler32
@@ -77,6 +80,9 @@ except ImportError:  # a platform isal has no wheel for
     from zlib import adler32
 
 T = TypeVar("T")
+log = logging.getLogger("segate")
+#: where an open descriptor's object can be named for path-only calls (xattrs): Linux procfs
+_PROC_FD = os.path.isdir("/proc/self/fd")
 XATTR_PREFIX = "user.segate."
 
 
@@ -88,6 +94,8 @@ def _map_oserror(exc: OSError) -> StorageError:
         return ExistsError("already exists")
     if e == errno.ENOTDIR:
         return NotADirectoryError_("a path component is not a collection")
+    if e == errno.ELOOP:
+        return EscapeError("symbolic links loop or are nested too deep")
     if e == errno.EISDIR:
         return IsADirectoryError_("is a collection")
     if e == errno.ENOTEMPTY:
@@ -219,14 +227,43 @@ def _resolve(path: str) -> str:
     try:
         fd = os.open(path, _O_PATH)
     except OSError:
-        return os.path.realpath(path)
+        return _realpath(path)
     try:
         resolved = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
-        return os.path.realpath(path)
+        return _realpath(path)
     finally:
         os.close(fd)
-    return resolved if resolved.startswith("/") else os.path.realpath(path)
+    return resolved if resolved.startswith("/") else _realpath(path)
+
+
+def _realpath(path: str) -> str:
+    """``os.path.realpath``; a path changing under it (EINVAL from a readlink of what just
+    stopped being a link) is refused, not a 500."""
+    try:
+        return os.path.realpath(path)
+    except OSError as exc:
+        raise EscapeError("path changed while being checked") from exc
+
+
+_DIR_FD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _own_folder(dfd: int, name: str, where: str) -> int:
+    """The folder ``name`` in ``dfd``, made if missing; a link or file there is removed first
+    (the entry itself, never what a link leads to)."""
+    for _ in range(3):
+        try:
+            return os.open(name, _DIR_FD, dir_fd=dfd)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            log.warning("replacing %s/%s: not a folder (a link or a file)", where, name)
+            os.unlink(name, dir_fd=dfd)
+    raise OSError(errno.EEXIST, f"cannot make the folder {where}/{name}")
 
 
 def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
@@ -515,16 +552,37 @@ class PosixStorage:
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> int:
-        """Create root and staging area; remove stale staging files. Returns how many."""
-        os.makedirs(self.staging, exist_ok=True)
+        """Create root and staging area; remove stale staging files. Returns how many.
+
+        By descriptors from the root down: a ``.segate`` or ``.segate/tmp`` that is a link or
+        a file (a local user's doing) is removed, the entry itself and never what a link leads
+        to, and replaced by a folder; so nothing outside is ever emptied. A staging entry that
+        cannot be removed is logged and left: it never stops the start."""
+        os.makedirs(self.root, exist_ok=True)
+        rfd = os.open(self.root, _DIR_FD)
+        try:
+            sfd = _own_folder(rfd, RESERVED_SEGMENT, self.root)
+            try:
+                tfd = _own_folder(sfd, "tmp", self.reserved)
+            finally:
+                os.close(sfd)
+        finally:
+            os.close(rfd)
         removed = 0
-        for entry in os.scandir(self.staging):
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed += 1
+        try:
+            with os.scandir(tfd) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            for name, is_dir in entries:
+                try:
+                    if is_dir:
+                        remove_tree(tfd, name)
+                    else:
+                        os.unlink(name, dir_fd=tfd)
+                    removed += 1
+                except Exception as exc:  # never a reason not to start
+                    log.warning("cannot remove the stale staging entry %r: %s", name, exc)
+        finally:
+            os.close(tfd)
         return removed
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -709,8 +767,15 @@ class PosixStorage:
         self, path: LogicalPath
     ) -> tuple[FileInfo | None, dict[str, str]]:
         real = self._real(path)
-        info = self._stat_real(path, real)
-        return (info, deadprops.read(real)) if info is not None else (None, {})
+        try:
+            fd = self._checked_fd(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, {}
+        try:  # the attribute of the very object checked, not of the path again
+            info = _info(path, os.fstat(fd))
+            return info, deadprops.read(f"/proc/self/fd/{fd}" if _PROC_FD else real)
+        finally:
+            os.close(fd)
 
     async def stat_with_properties(
         self, path: LogicalPath
@@ -840,7 +905,7 @@ class PosixStorage:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if stat_mod.S_ISDIR(st.st_mode):
                 if recursive:
-                    shutil.rmtree(name, dir_fd=pfd)  # fd-based: links inside are not followed
+                    remove_tree(pfd, name)  # by descriptors: links inside are not followed
                 else:
                     os.rmdir(name, dir_fd=pfd)
             else:
@@ -883,11 +948,15 @@ class PosixStorage:
         with _Parents(self, src, dst) as (spfd, sname, dpfd, dname):
             sst = os.stat(sname, dir_fd=spfd, follow_symlinks=False)
             dst_st = _lstat_at(dpfd, dname)
+            if not overwrite:
+                try:  # atomic: a destination that appears meanwhile is not replaced
+                    rename_noreplace(spfd, sname, dpfd, dname)
+                except FileExistsError:
+                    raise ExistsError("destination exists") from None
+                return True
             if dst_st is not None:
-                if not overwrite:
-                    raise ExistsError("destination exists")
                 if stat_mod.S_ISDIR(dst_st.st_mode):
-                    shutil.rmtree(dname, dir_fd=dpfd)
+                    remove_tree(dpfd, dname)
                 elif stat_mod.S_ISDIR(sst.st_mode):
                     os.unlink(dname, dir_fd=dpfd)  # rename(2) cannot put a directory over a file
             os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
@@ -927,23 +996,33 @@ class PosixStorage:
                 if dst_st is not None and not overwrite:
                     raise ExistsError("destination exists")
                 copy_fd(sfd, staging, tmp)
+                if not overwrite:
+                    try:  # atomic: a destination that appeared during the copy is kept
+                        rename_noreplace(staging, tmp, dpfd, dname)
+                    except FileExistsError:
+                        raise ExistsError("destination exists") from None
+                    return True
                 if dst_st is not None:
                     if stat_mod.S_ISDIR(dst_st.st_mode):
-                        shutil.rmtree(dname, dir_fd=dpfd)
+                        remove_tree(dpfd, dname)
                     else:
                         os.unlink(dname, dir_fd=dpfd)
                 os.rename(tmp, dname, src_dir_fd=staging, dst_dir_fd=dpfd)
             finally:
                 os.close(dpfd)
         finally:
-            os.close(sfd)
-            st_tmp = _lstat_at(staging, tmp)
-            if st_tmp is not None:
-                if stat_mod.S_ISDIR(st_tmp.st_mode):
-                    shutil.rmtree(tmp, dir_fd=staging, ignore_errors=True)
-                else:
-                    os.unlink(tmp, dir_fd=staging)
-            os.close(staging)
+            try:
+                os.close(sfd)
+                st_tmp = _lstat_at(staging, tmp)
+                if st_tmp is not None:
+                    if stat_mod.S_ISDIR(st_tmp.st_mode):
+                        remove_tree(staging, tmp)
+                    else:
+                        os.unlink(tmp, dir_fd=staging)
+            except OSError as exc:
+                log.warning("cannot remove the staging copy %s: %s", tmp, exc)
+            finally:
+                os.close(staging)
         return dst_st is None
 
     async def copy(self, src: LogicalPath, dst: LogicalPath, *, overwrite: bool) -> bool:
@@ -955,14 +1034,14 @@ class PosixStorage:
     # -- dead properties (storage/deadprops.py) ----------------------------------------------
     def _read_properties_sync(self, path: LogicalPath) -> dict[str, str]:
         real = self._real(path)
-        fd = self._confined_fd(real)
-        if fd < 0:
-            self._check_confined(real)
-        else:
-            # by path, as before: getxattr through the descriptor's /proc link costs more
-            # than the path walk (and an O_PATH descriptor has no fgetxattr)
+        try:
+            fd = self._checked_fd(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        try:  # through the checked descriptor's /proc link: the object checked
+            return deadprops.read(f"/proc/self/fd/{fd}" if _PROC_FD else real)
+        finally:
             os.close(fd)
-        return deadprops.read(real)
 
     async def read_properties(self, paths: Sequence[LogicalPath]) -> list[dict[str, str]]:
         def run() -> list[dict[str, str]]:

@@ -232,3 +232,30 @@ async def test_copy_without_source_or_destination_says_what_is_missing(gw: Gatew
     r = await gw.client.request("COPY", "/f", headers=gw.bearer("storage.read:/"))
     assert r.status == 400
     assert "Destination header (or Source" in await r.text()
+
+
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+async def test_create_only_move_or_copy_never_replaces_a_new_destination(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """storage.create never overwrites: a destination another client creates between the
+    authorisation (it did not exist: a creation) and the rename is kept, and the answer is
+    412. The handler used to pass the Overwrite header (default T) through to storage."""
+    from segate.storage.posix import PosixStorage
+
+    (gw.root / "src").write_bytes(b"mine")
+    original = PosixStorage._parent_fd
+
+    def parent_then_create(self: PosixStorage, path: Any) -> tuple[int, str]:
+        got = original(self, path)
+        if path.name == "dst" and not (gw.root / "dst").exists():
+            (gw.root / "dst").write_bytes(b"someone else's")
+        return got
+
+    monkeypatch.setattr(PosixStorage, "_parent_fd", parent_then_create)
+    h = {**gw.bearer("storage.read:/ storage.create:/"), "Destination": "/dst"}
+    if method == "MOVE":
+        h = {**gw.bearer("storage.modify:/src storage.create:/dst"), "Destination": "/dst"}
+    r = await gw.client.request(method, "/src", headers=h)
+    assert r.status == 412, (r.status, await r.text())
+    assert (gw.root / "dst").read_bytes() == b"someone else's"

@@ -249,3 +249,63 @@ def test_a_file_named_like_a_deleted_root_is_not_the_root(tmp_path: Path) -> Non
             storage._verify_fd(fd)
     finally:
         os.close(fd)
+
+
+async def test_dead_properties_are_read_from_the_checked_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Depth-0 or Depth-1 PROPFIND read segate's property attribute by path after the check:
+    a file swapped for a link to an outside file showed the outside file's properties."""
+    sw = Swap(tmp_path)
+    os.setxattr(sw.out / "v", "user.segate.props", b'{"{urn:x}leak":"OUTSIDE"}')
+    sw.before = sw.snapshot()
+    storage = PosixStorage(sw.root)
+    storage.prepare()
+    original: Callable[..., int] = PosixStorage._checked_fd
+    target = str(sw.root / "rdir" / "v")
+
+    def checked_then_swap(self: PosixStorage, real: str) -> int:
+        fd = original(self, real)
+        if real == target and not sw.done:
+            sw.done = True
+            os.rename(target, sw.root / "v-moved")
+            os.symlink(sw.out / "v", target)
+        return fd
+
+    monkeypatch.setattr(PosixStorage, "_checked_fd", checked_then_swap)
+    info, props = await storage.stat_with_properties(P("rdir", "v"))
+    assert info is not None and props == {}
+    sw.done = False
+    os.unlink(target)
+    os.rename(sw.root / "v-moved", target)
+    assert await storage.read_properties([P("rdir", "v")]) == [{}]
+    sw.outside_untouched()
+
+
+async def test_move_and_copy_never_replace_a_destination_that_appeared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Authorised as a creation (storage.create only), a MOVE or COPY must not replace a
+    destination another client created meanwhile: storage refuses atomically (EEXIST)."""
+    from segate.storage.base import ExistsError
+
+    root = tmp_path / "root"
+    root.mkdir()
+    storage = PosixStorage(root)
+    storage.prepare()
+    original = PosixStorage._parent_fd
+
+    def parent_then_create(self: PosixStorage, path: LogicalPath) -> tuple[int, str]:
+        got = original(self, path)
+        if path.name == "dst" and not (root / "dst").exists():
+            (root / "dst").write_bytes(b"someone else's")  # the other client wins
+        return got
+
+    monkeypatch.setattr(PosixStorage, "_parent_fd", parent_then_create)
+    for op in ("move", "copy"):
+        (root / "src").write_bytes(b"mine")
+        with pytest.raises(ExistsError):
+            await getattr(storage, op)(P("src"), P("dst"), overwrite=False)
+        assert (root / "dst").read_bytes() == b"someone else's"
+        os.unlink(root / "dst")
+    assert os.listdir(storage.staging) == []
