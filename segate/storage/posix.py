@@ -266,6 +266,15 @@ def _own_folder(dfd: int, name: str, where: str) -> int:
     raise OSError(errno.EEXIST, f"cannot make the folder {where}/{name}")
 
 
+def _rename_new(sdir: int, sname: str, ddir: int, dname: str) -> None:
+    """Rename to a destination that must not exist: atomic, so one that appeared since it was
+    checked (another client's new file) is kept, and ExistsError (412) is raised."""
+    try:
+        rename_noreplace(sdir, sname, ddir, dname)
+    except FileExistsError:
+        raise ExistsError("destination exists") from None
+
+
 def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
     """``name`` in the folder ``dfd``, not following a link; None if missing."""
     try:
@@ -949,10 +958,7 @@ class PosixStorage:
             sst = os.stat(sname, dir_fd=spfd, follow_symlinks=False)
             dst_st = _lstat_at(dpfd, dname)
             if not overwrite:
-                try:  # atomic: a destination that appears meanwhile is not replaced
-                    rename_noreplace(spfd, sname, dpfd, dname)
-                except FileExistsError:
-                    raise ExistsError("destination exists") from None
+                _rename_new(spfd, sname, dpfd, dname)
                 return True
             if dst_st is not None:
                 if stat_mod.S_ISDIR(dst_st.st_mode):
@@ -997,10 +1003,7 @@ class PosixStorage:
                     raise ExistsError("destination exists")
                 copy_fd(sfd, staging, tmp)
                 if not overwrite:
-                    try:  # atomic: a destination that appeared during the copy is kept
-                        rename_noreplace(staging, tmp, dpfd, dname)
-                    except FileExistsError:
-                        raise ExistsError("destination exists") from None
+                    _rename_new(staging, tmp, dpfd, dname)
                     return True
                 if dst_st is not None:
                     if stat_mod.S_ISDIR(dst_st.st_mode):

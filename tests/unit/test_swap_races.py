@@ -178,6 +178,24 @@ async def test_listing_shows_the_checked_folder(race: tuple[Swap, PosixStorage])
     assert names <= {"v", "w"}
 
 
+def _swap_file_after_check(sw: Swap, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Once the storage has its checked descriptor of ``rdir/v``, that file moves aside (to
+    ``v-moved``, still inside) and a link to the outside ``v`` takes its name."""
+    original: Callable[..., int] = PosixStorage._checked_fd
+    target = sw.root / "rdir" / "v"
+
+    def checked_then_swap(self: PosixStorage, real: str) -> int:
+        fd = original(self, real)
+        if real == str(target) and not sw.done:
+            sw.done = True
+            os.rename(target, sw.root / "v-moved")
+            os.symlink(sw.out / "v", target)
+        return fd
+
+    monkeypatch.setattr(PosixStorage, "_checked_fd", checked_then_swap)
+    return target
+
+
 async def test_proppatch_writes_to_the_checked_object(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,18 +203,7 @@ async def test_proppatch_writes_to_the_checked_object(
     sw = Swap(tmp_path)
     storage = PosixStorage(sw.root)
     storage.prepare()
-    original: Callable[..., int] = PosixStorage._checked_fd
-    target = str(sw.root / "rdir" / "v")
-
-    def checked_then_swap(self: PosixStorage, real: str) -> int:
-        fd = original(self, real)
-        if real == target:
-            sw.done = True
-            os.unlink(target)
-            os.symlink(sw.out / "v", target)
-        return fd
-
-    monkeypatch.setattr(PosixStorage, "_checked_fd", checked_then_swap)
+    _swap_file_after_check(sw, monkeypatch)
     await _quiet(storage.patch_properties(P("rdir", "v"), [("{urn:x}p", "<p xmlns='urn:x'/>")]))
     sw.outside_untouched()
 
@@ -261,18 +268,7 @@ async def test_dead_properties_are_read_from_the_checked_object(
     sw.before = sw.snapshot()
     storage = PosixStorage(sw.root)
     storage.prepare()
-    original: Callable[..., int] = PosixStorage._checked_fd
-    target = str(sw.root / "rdir" / "v")
-
-    def checked_then_swap(self: PosixStorage, real: str) -> int:
-        fd = original(self, real)
-        if real == target and not sw.done:
-            sw.done = True
-            os.rename(target, sw.root / "v-moved")
-            os.symlink(sw.out / "v", target)
-        return fd
-
-    monkeypatch.setattr(PosixStorage, "_checked_fd", checked_then_swap)
+    target = _swap_file_after_check(sw, monkeypatch)
     info, props = await storage.stat_with_properties(P("rdir", "v"))
     assert info is not None and props == {}
     sw.done = False
