@@ -27,7 +27,7 @@ import json
 import os
 from collections.abc import Sequence
 
-from segate.storage.base import BackendError, NoSpaceError, NotFoundError
+from segate.storage.base import BackendError, NoSpaceError
 
 XATTR_NAME = "user.segate.props"
 #: XATTR_SIZE_MAX on Linux
@@ -70,19 +70,6 @@ def read(real: str) -> dict[str, str]:
         if exc.errno == errno.ENOTDIR:
             return {}
         raise
-
-
-def patch(real: str, changes: PropPatch) -> None:
-    """:func:`patch_fd` on the file or directory at ``real`` (no confinement check: the
-    storage opens a checked descriptor and calls :func:`patch_fd` itself)."""
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError as exc:
-        raise NotFoundError("no such file or collection") from exc
-    try:
-        patch_fd(fd, changes)
-    finally:
-        os.close(fd)
 
 
 def patch_fd(fd: int, changes: PropPatch) -> None:

@@ -275,6 +275,26 @@ def _rename_new(sdir: int, sname: str, ddir: int, dname: str) -> None:
         raise ExistsError("destination exists") from None
 
 
+def _clear_destination(
+    dpfd: int, dname: str, dst_st: os.stat_result | None, src_is_dir: bool
+) -> None:
+    """Make room for an overwriting rename: a folder there is removed (rename(2) replaces
+    only an empty one), and a file is unlinked only when a folder takes its place (rename(2)
+    cannot put a folder over a file; a file over a file it replaces atomically)."""
+    if dst_st is None:
+        return
+    if stat_mod.S_ISDIR(dst_st.st_mode):
+        remove_tree(dpfd, dname)
+    elif src_is_dir:
+        os.unlink(dname, dir_fd=dpfd)
+
+
+def _read_props(fd: int, real: str) -> dict[str, str]:
+    """The dead properties of the checked object ``fd`` (at ``real``), through its /proc link:
+    the object checked, not the path again."""
+    return deadprops.read(f"/proc/self/fd/{fd}" if _PROC_FD else real)
+
+
 def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
     """``name`` in the folder ``dfd``, not following a link; None if missing."""
     try:
@@ -738,10 +758,8 @@ class PosixStorage:
         """The object of the checked ``O_PATH`` descriptor ``pfd`` opened with ``flags``:
         through its ``/proc/self/fd`` link (the very object checked, never a path again); with
         no /proc, ``real`` opened without following a last link and compared by inode."""
-        try:
+        if _PROC_FD:
             return os.open(f"/proc/self/fd/{pfd}", flags | os.O_CLOEXEC)
-        except FileNotFoundError:
-            pass
         fd = os.open(real, flags | os.O_CLOEXEC | os.O_NONBLOCK)
         want, got = os.fstat(pfd), os.fstat(fd)
         if (want.st_dev, want.st_ino) != (got.st_dev, got.st_ino):
@@ -780,9 +798,8 @@ class PosixStorage:
             fd = self._checked_fd(real)
         except (FileNotFoundError, NotADirectoryError):
             return None, {}
-        try:  # the attribute of the very object checked, not of the path again
-            info = _info(path, os.fstat(fd))
-            return info, deadprops.read(f"/proc/self/fd/{fd}" if _PROC_FD else real)
+        try:
+            return _info(path, os.fstat(fd)), _read_props(fd, real)
         finally:
             os.close(fd)
 
@@ -928,8 +945,8 @@ class PosixStorage:
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
-    def _transfer_targets(self, src: LogicalPath, dst: LogicalPath) -> tuple[str, str, bool]:
-        """Checks shared by MOVE and COPY; returns (real src, real dst, dst existed).
+    def _transfer_targets(self, src: LogicalPath, dst: LogicalPath) -> str:
+        """Checks shared by MOVE and COPY; returns the source's real path.
 
         Neither end may contain the other - logically or through symlinks: replacing an
         ancestor of the source (the root included) would delete the source's whole tree
@@ -950,7 +967,7 @@ class PosixStorage:
         for a, b in ((real_src, real_dst), (real_dst, real_src)):
             if a == b or a.startswith(b.rstrip(os.sep) + os.sep):
                 raise InvalidTargetError("source and destination may not contain each other")
-        return rsrc, rdst, os.path.lexists(rdst)
+        return rsrc
 
     def _move_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
         self._transfer_targets(src, dst)
@@ -960,11 +977,7 @@ class PosixStorage:
             if not overwrite:
                 _rename_new(spfd, sname, dpfd, dname)
                 return True
-            if dst_st is not None:
-                if stat_mod.S_ISDIR(dst_st.st_mode):
-                    remove_tree(dpfd, dname)
-                elif stat_mod.S_ISDIR(sst.st_mode):
-                    os.unlink(dname, dir_fd=dpfd)  # rename(2) cannot put a directory over a file
+            _clear_destination(dpfd, dname, dst_st, stat_mod.S_ISDIR(sst.st_mode))
             os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
         return dst_st is None
 
@@ -975,7 +988,7 @@ class PosixStorage:
             raise _map_oserror(exc) from exc
 
     def _copy_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
-        rsrc, _, _ = self._transfer_targets(src, dst)
+        rsrc = self._transfer_targets(src, dst)
         # the source itself may be a link inside the root (followed, as before); below it,
         # links are copied as links and nothing is resolved by path again
         pfd = self._checked_fd(rsrc)
@@ -1005,11 +1018,7 @@ class PosixStorage:
                 if not overwrite:
                     _rename_new(staging, tmp, dpfd, dname)
                     return True
-                if dst_st is not None:
-                    if stat_mod.S_ISDIR(dst_st.st_mode):
-                        remove_tree(dpfd, dname)
-                    else:
-                        os.unlink(dname, dir_fd=dpfd)
+                _clear_destination(dpfd, dname, dst_st, stat_mod.S_ISDIR(st.st_mode))
                 os.rename(tmp, dname, src_dir_fd=staging, dst_dir_fd=dpfd)
             finally:
                 os.close(dpfd)
@@ -1041,8 +1050,8 @@ class PosixStorage:
             fd = self._checked_fd(real)
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        try:  # through the checked descriptor's /proc link: the object checked
-            return deadprops.read(f"/proc/self/fd/{fd}" if _PROC_FD else real)
+        try:
+            return _read_props(fd, real)
         finally:
             os.close(fd)
 

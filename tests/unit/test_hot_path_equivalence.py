@@ -481,8 +481,15 @@ def test_storage_fast_path_equals_general_check(tmp_path: Path) -> None:
     }
     for name, target in links.items():
         os.symlink(target, root / name)
-    deadprops.patch(str(root / "d" / "f"), [("{urn:x}p", "<p xmlns='urn:x'>1</p>")])
-    deadprops.patch(str(root / "d"), [("{urn:x}q", "<q xmlns='urn:x'>2</q>")])
+    for rel, prop in (
+        ("d/f", ("{urn:x}p", "<p xmlns='urn:x'>1</p>")),
+        ("d", ("{urn:x}q", "<q xmlns='urn:x'>2</q>")),
+    ):
+        fd = os.open(root / rel, os.O_RDONLY)
+        try:
+            deadprops.patch_fd(fd, [prop])
+        finally:
+            os.close(fd)
     names = ["", "d", "d/e", "d/f", "d/fifo", "d/f/below", "d/missing", "d/missing/deeper"]
     names += [".segate", ".segate/tmp", ".segate/tmp/staged", ".segate/nope"]
     for name in links:
