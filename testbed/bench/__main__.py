@@ -98,6 +98,11 @@ def run(plan: Plan, out: Path, workers: int) -> Results:
         head99 = res.metric("head_p99", "HEAD p99", "ms", higher_better=False)
         prop = res.metric("propfind_rps", "PROPFIND D0 x64 conn", "req/s")
         prop99 = res.metric("propfind_p99", "PROPFIND p99", "ms", higher_better=False)
+        # the cores are shared with the load generator: where the CPU of a request went
+        head_cpu = res.metric("head_cpu", "HEAD server CPU/req", "us", higher_better=False)
+        prop_cpu = res.metric("propfind_cpu", "PROPFIND server CPU/req", "us", higher_better=False)
+        head_cli = res.metric("head_client", "HEAD ab CPU/req", "us", higher_better=False)
+        prop_cli = res.metric("propfind_client", "PROPFIND wrk CPU/req", "us", higher_better=False)
         for r in range(plan.rounds):
             pairs = [(seg, "segate"), (xrd, "xrootd")]
             if r % 2:
@@ -109,15 +114,17 @@ def run(plan: Plan, out: Path, workers: int) -> Results:
             for servers, kind in pairs:
                 tpc.add(kind, me.tpc_pull_mbps(bench, servers[1], servers[0], "big.bin", plan.size))
             for servers, kind in pairs:
-                rps, p99 = me.ab_head(bench, servers[0], "small.bin", plan.load_secs, plan.conc)
-                head.add(kind, rps)
-                head99.add(kind, p99)
+                ld = me.ab_head(bench, servers[0], "small.bin", plan.load_secs, plan.conc)
+                head.add(kind, ld.rps)
+                head99.add(kind, ld.p99_ms)
+                head_cpu.add(kind, ld.server_us)
+                head_cli.add(kind, ld.client_us)
             for servers, kind in pairs:
-                rps, p99 = me.wrk_propfind(
-                    bench, servers[0], "small.bin", plan.load_secs, plan.conc
-                )
-                prop.add(kind, rps)
-                prop99.add(kind, p99)
+                ld = me.wrk_propfind(bench, servers[0], "small.bin", plan.load_secs, plan.conc)
+                prop.add(kind, ld.rps)
+                prop99.add(kind, ld.p99_ms)
+                prop_cpu.add(kind, ld.server_us)
+                prop_cli.add(kind, ld.client_us)
             print(f"round {r + 1}/{plan.rounds} done", file=sys.stderr, flush=True)
 
         memc = res.metric(

@@ -13,6 +13,8 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.bench.servers import ISSUER, SCOPE, Bench, Server
@@ -90,8 +92,54 @@ def tpc_pull_mbps(bench: Bench, dst: Server, src: Server, name: str, size: int) 
     return size / secs / 1e6
 
 
-def ab_head(bench: Bench, srv: Server, name: str, secs: float, conc: int) -> tuple[float, float]:
-    """HEAD with keep-alive by ab (wrk cannot do HEAD); (requests/s, p99 ms)."""
+@dataclass
+class Load:
+    """One small-request load run: requests/s, p99 latency, and where the machine's CPU went.
+
+    Client and servers share this machine's cores, so requests/s is what is left after the
+    load generator's share; ``server_us`` (the server processes' user + system CPU per
+    request, all threads and workers, kernel work done on their behalf included) and
+    ``client_us`` (ab's or wrk's) show that split."""
+
+    rps: float
+    p99_ms: float
+    server_us: float
+    client_us: float
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (each with all its threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+    return total / tick
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def _loaded(srv: Server, run: Callable[[], tuple[float, float]], secs: float) -> Load:
+    pids = srv.pids()
+    s0, c0 = cpu_seconds(pids), _children_cpu()
+    rps, p99 = run()
+    s1, c1 = cpu_seconds(pids), _children_cpu()
+    n = max(rps * secs, 1.0)
+    return Load(rps, p99, (s1 - s0) / n * 1e6, (c1 - c0) / n * 1e6)
+
+
+def ab_head(bench: Bench, srv: Server, name: str, secs: float, conc: int) -> Load:
+    """HEAD with keep-alive by ab (wrk cannot do HEAD)."""
+    return _loaded(srv, lambda: _ab_head(bench, srv, name, secs, conc), secs)
+
+
+def _ab_head(bench: Bench, srv: Server, name: str, secs: float, conc: int) -> tuple[float, float]:
     out = _run(
         ["ab", "-q", "-k", "-i", "-t", str(int(secs)), "-n", "10000000", "-c", str(conc),
          "-H", f"Authorization: Bearer {bench.token}", _ip(srv.file_url(name))],
@@ -116,10 +164,14 @@ def _ip(url: str) -> str:
 _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk_propfind(
+def wrk_propfind(bench: Bench, srv: Server, name: str, secs: float, conc: int) -> Load:
+    """PROPFIND Depth 0 by wrk (2 threads, ``conc`` connections)."""
+    return _loaded(srv, lambda: _wrk_propfind(bench, srv, name, secs, conc), secs)
+
+
+def _wrk_propfind(
     bench: Bench, srv: Server, name: str, secs: float, conc: int
 ) -> tuple[float, float]:
-    """PROPFIND Depth 0 by wrk (2 threads, ``conc`` connections); (requests/s, p99 ms)."""
     script = bench.tmp / "propfind.lua"
     script.write_text(
         'wrk.method = "PROPFIND"\nwrk.headers["Depth"] = "0"\n'
