@@ -20,6 +20,15 @@ Framing is exact: a request is taken only once its whole head (up to the first C
 its ``Content-Length`` body are buffered, so the bytes handed to aiohttp always start at a
 request's first byte, pipelined or not.
 
+Answers are written once per event-loop turn (:meth:`FastLane.send`): the answers finished in
+one turn go out back to back at its end, in order per connection, instead of one ``write`` in
+between every two requests' work. On this 2-vCPU VM that raised PROPFIND Depth 0 from ~11.7k to
+~16k requests/s (wrk, 64 connections): the client is woken once per burst rather than once per
+answer, and the kernel's network work runs together instead of evicting the request path's
+caches each time (server CPU per request 136-153 -> 103-113 us, wrk's 34-36 -> 22-23 us).
+An answer that closes its connection, and everything pending before a connection is handed to
+aiohttp or closed, is written at once.
+
 Known, deliberate differences from aiohttp: bytes a client pipelines after a request that
 closes the connection (``Connection: close``, HTTP/1.0) are ignored after the answer, where
 aiohttp answers 400 "Data after Connection: close" instead of the request; a request whose
@@ -257,6 +266,7 @@ class FastLane:
         self.max_field = srv.max_header_size
         self.allow_query = self.services.settings.tokens.allow_query_token
         self.connections: set[LaneProtocol] = set()
+        self.pending: list[tuple[asyncio.Transport, bytes]] = []  # answers due this turn
         self.served = 0  # requests answered by the lane itself (tests, diagnostics)
         self.handed = 0  # connections handed to aiohttp
         self._fqdn: str | None = None
@@ -266,6 +276,26 @@ class FastLane:
         if not self.enabled:
             return self.http()
         return LaneProtocol(self)
+
+    def send(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write ``data`` at the end of this loop turn, with the other answers finished in it."""
+        pending = self.pending
+        pending.append((transport, data))
+        if len(pending) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every pending answer now (in the order they were finished)."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
+        for transport, data in pending:
+            if not transport.is_closing():
+                try:
+                    transport.write(data)
+                except (OSError, RuntimeError) as exc:  # this connection's loss only
+                    log.info("fast lane: cannot write an answer: %s", exc)
 
     def fqdn(self) -> str:
         """aiohttp's ``request.host`` without a Host header: the machine's name."""
@@ -290,6 +320,7 @@ class FastLane:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self.flush()
         for conn in list(self.connections):
             if conn.task is None and conn.transport is not None:
                 conn.transport.close()
@@ -302,6 +333,7 @@ class FastLane:
             _done, pending = await asyncio.wait(tasks, timeout=grace)
             for t in pending:
                 t.cancel()
+        self.flush()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
@@ -394,6 +426,7 @@ class LaneProtocol(asyncio.Protocol):
         """Give the connection, and the buffered bytes, to aiohttp's RequestHandler."""
         transport = self.transport
         assert transport is not None
+        self.lane.flush()  # the lane's answers before any of aiohttp's
         self.handed = True
         self.lane.handed += 1
         self.lane.connections.discard(self)
@@ -414,8 +447,10 @@ class LaneProtocol(asyncio.Protocol):
         if self.head_since is not None:
             if now - self.head_since > HEAD_TIMEOUT:
                 log.info("closing a connection from %s: request head too slow", self.remote)
+                self.lane.flush()
                 self.transport.close()
         elif now - self.last > KEEPALIVE:
+            self.lane.flush()
             self.transport.close()
 
     # -- serving ---------------------------------------------------------------------------
@@ -486,8 +521,13 @@ class LaneProtocol(asyncio.Protocol):
                     status, out, body, length=None, version=req.version, keep_alive=False, head=head
                 )
             sent = length if length is not None else len(body)
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(data)
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                if keep:
+                    lane.send(transport, data)
+                else:  # written before the close below
+                    lane.flush()
+                    transport.write(data)
         except asyncio.CancelledError:
             status, keep, reason = 499, False, "client went away"
             raise
@@ -509,6 +549,7 @@ class LaneProtocol(asyncio.Protocol):
             self.last = self.loop.time()
             if self.transport is not None:
                 if not keep:
+                    lane.flush()
                     self.transport.close()
                 elif self.buf:
                     self._next()

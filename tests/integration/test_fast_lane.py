@@ -443,3 +443,36 @@ async def test_a_long_pipeline_and_another_connection(pair: tuple[Gateway, Gatew
     assert many.count(b"Content-Length: 11\r\n") == n
     assert many.rfind(b"Content-Length: 0\r\n") > many.rfind(b"Content-Length: 11\r\n")
     assert responses(other) == [b"HTTP/1.1 200 OK"]
+
+
+async def test_answers_of_one_loop_turn_are_written_together(
+    pair: tuple[Gateway, Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four connections' requests, readable in the same loop turn, are answered by one flush
+    at the end of it (FastLane.send), each on its own connection; the keep-alive connections
+    then go on being served."""
+    lane, _ = pair
+    fl = lane.client.server.lane  # type: ignore[attr-defined]
+    flushed: list[int] = []
+    real_flush = fl.flush
+
+    def counting_flush() -> None:
+        if fl.pending:
+            flushed.append(len(fl.pending))
+        real_flush()
+
+    monkeypatch.setattr(fl, "flush", counting_flush)
+    server = lane.client.server
+    a = f"Authorization: Bearer {lane.token(SCOPE)}\r\nHost: x\r\n".encode()
+    conns = [await asyncio.open_connection(server.host, server.port) for _ in range(4)]
+    for i, (_, w) in enumerate(conns):
+        w.write(f"HEAD /f?c={i} HTTP/1.1\r\n".encode() + a + b"\r\n")
+    for reader, _ in conns:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 11\r\n" in head
+    assert flushed == [4]
+    for reader, w in conns:  # still open: a second request on each is answered too
+        w.write(b"PROPFIND /f HTTP/1.1\r\nDepth: 0\r\n" + a + b"Connection: close\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert responses(rest) == [b"HTTP/1.1 207 Multi-Status"]
+        w.close()
