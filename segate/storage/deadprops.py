@@ -16,6 +16,13 @@ Storage does not interpret them: the WebDAV layer chooses the names (Clark notat
   (RFC 4918 §9.2.1: 507). A filesystem without user extended attributes reads as "no dead
   properties" and refuses patches with :class:`BackendError`.
 * Unreadable or foreign content in the attribute reads as "no dead properties" (never a 500).
+* Settled listings are remembered (:func:`read_at`): every change to an inode's extended
+  attributes sets its ctime, so the listing read from an inode is the listing of every later
+  stat with the same (device, inode, ctime). Only inodes whose ctime is over
+  :data:`SETTLED_NS` old are remembered: ctime comes from a clock that may tick only every few
+  milliseconds, so two changes within one tick could share a ctime; one made after the read
+  cannot share a ctime that was already two seconds old. A PROPFIND Depth 0 of such a resource
+  then costs no ``listxattr`` (through procfs, the dearest call of its storage work).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from collections.abc import Sequence
 
 from segate.storage.base import BackendError, NoSpaceError
@@ -70,6 +78,28 @@ def read(real: str) -> dict[str, str]:
         if exc.errno == errno.ENOTDIR:
             return {}
         raise
+
+
+#: a ctime this much older than the clock is settled (module docstring)
+SETTLED_NS = 2_000_000_000
+#: remembered listings per process; all are dropped when full
+SETTLED_MAX = 4096
+_settled: dict[tuple[int, int, int], tuple[tuple[str, str], ...]] = {}
+
+
+def read_at(real: str, st: os.stat_result) -> dict[str, str]:
+    """:func:`read` of the object ``st`` describes (``real`` being a path to that very object,
+    e.g. its /proc descriptor link), remembered once its ctime is settled."""
+    key = (st.st_dev, st.st_ino, st.st_ctime_ns)
+    hit = _settled.get(key)
+    if hit is not None:
+        return dict(hit)
+    props = read(real)
+    if time.time_ns() - st.st_ctime_ns > SETTLED_NS:
+        if len(_settled) >= SETTLED_MAX:
+            _settled.clear()
+        _settled[key] = tuple(props.items())
+    return props
 
 
 def patch_fd(fd: int, changes: PropPatch) -> None:

@@ -289,10 +289,12 @@ def _clear_destination(
         os.unlink(dname, dir_fd=dpfd)
 
 
-def _read_props(fd: int, real: str) -> dict[str, str]:
+def _read_props(fd: int, real: str, st: os.stat_result | None = None) -> dict[str, str]:
     """The dead properties of the checked object ``fd`` (at ``real``), through its /proc link:
-    the object checked, not the path again."""
-    return deadprops.read(f"/proc/self/fd/{fd}" if _PROC_FD else real)
+    the object checked, not the path again. With ``st`` (its ``fstat``), a settled listing is
+    taken from memory (deadprops.read_at)."""
+    link = f"/proc/self/fd/{fd}" if _PROC_FD else real
+    return deadprops.read(link) if st is None else deadprops.read_at(link, st)
 
 
 def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
@@ -799,7 +801,8 @@ class PosixStorage:
         except (FileNotFoundError, NotADirectoryError):
             return None, {}
         try:
-            return _info(path, os.fstat(fd)), _read_props(fd, real)
+            st = os.fstat(fd)
+            return _info(path, st), _read_props(fd, real, st)
         finally:
             os.close(fd)
 

@@ -6,12 +6,16 @@ properties copied by COPY, moved by MOVE), §9.9.3 (MOVE a collection over a non
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import Callable
 from typing import Any
 
 import defusedxml.ElementTree as ET
+import pytest
 
+from segate.storage import deadprops
 from segate.storage.deadprops import XATTR_NAME
 from tests.conftest import Gateway
 
@@ -174,3 +178,51 @@ async def test_move_collection_over_file_and_fragment(gw: Gateway) -> None:
         read_timeout=2.0,
     )
     assert out.startswith(b"HTTP/1.1 400") and (gw.root / "frag").is_dir()
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The listings deadprops.read really made (not taken from memory), from a clean memory."""
+    monkeypatch.setattr(deadprops, "_settled", {})
+    made: list[str] = []
+    real_read = deadprops.read
+
+    def counting(real: str) -> dict[str, str]:
+        made.append(real)
+        return real_read(real)
+
+    monkeypatch.setattr(deadprops, "read", counting)
+    return made
+
+
+async def test_settled_listing_is_remembered_until_the_inode_changes(
+    gw: Gateway, reads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every ctime counted as settled, a second PROPFIND Depth 0 makes no listing; a change
+    made behind the gateway's back (another process's setxattr) sets a new ctime and is seen."""
+    monkeypatch.setattr(deadprops, "SETTLED_NS", -(10**18))
+    (gw.root / "f").write_bytes(b"1")
+    await asyncio.sleep(0.05)  # a later clock tick than the file's creation
+    status, _ = await proppatch(gw, "/f", set_body("<Z:a>one</Z:a>"))
+    assert status == 207
+    assert await prop_value(gw, "/f", "a") == "one"
+    made = len(reads)
+    assert await prop_value(gw, "/f", "a") == "one"
+    assert len(reads) == made  # from memory
+    await asyncio.sleep(0.05)
+    value = json.dumps({f"{{{Z}}}a": f'<Z:a xmlns:Z="{Z}">two</Z:a>'}).encode()
+    os.setxattr(gw.root / "f", XATTR_NAME, value)
+    assert await prop_value(gw, "/f", "a") == "two"
+    assert len(reads) == made + 1
+
+
+async def test_a_fresh_listing_is_not_remembered(gw: Gateway, reads: list[str]) -> None:
+    """An inode changed less than SETTLED_NS ago is listed at every PROPFIND: a second change
+    within the same clock tick would not change its ctime."""
+    (gw.root / "f").write_bytes(b"1")
+    status, _ = await proppatch(gw, "/f", set_body("<Z:a>one</Z:a>"))
+    assert status == 207
+    for _ in range(3):
+        assert await prop_value(gw, "/f", "a") == "one"
+    assert len(reads) >= 3
+    assert deadprops._settled == {}
