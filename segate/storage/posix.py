@@ -582,8 +582,10 @@ class PosixStorage:
         self._reserved_prefix = self.reserved + os.sep
 
     # -- set-up -------------------------------------------------------------------------------
-    def prepare(self) -> int:
-        """Create root and staging area; remove stale staging files. Returns how many.
+    def prepare(self, *, clean: bool = True) -> int:
+        """Create root and staging area; remove stale staging files (unless ``clean`` is
+        False: a worker of a multi-process server, whose parent cleaned once before forking,
+        must not remove another worker's upload in progress). Returns how many.
 
         By descriptors from the root down: a ``.segate`` or ``.segate/tmp`` that is a link or
         a file (a local user's doing) is removed, the entry itself and never what a link leads
@@ -600,6 +602,9 @@ class PosixStorage:
         finally:
             os.close(rfd)
         removed = 0
+        if not clean:
+            os.close(tfd)
+            return 0
         try:
             with os.scandir(tfd) as it:
                 entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]

@@ -80,15 +80,32 @@ def _public_host(settings: Settings) -> str:
     return "localhost" if host in ("127.0.0.1", "::1", "0.0.0.0", "::") else host
 
 
-def build_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> Services:
-    storage = PosixStorage(
+def storage_for(settings: Settings) -> PosixStorage:
+    return PosixStorage(
         settings.storage.root,
         chunk=settings.storage.io_chunk,
         metadata_in_loop=settings.storage.metadata_in_loop,
     )
+
+
+def clean_staging(storage: PosixStorage, when: str = "") -> None:
+    """Remove what an earlier run left in the staging folder (once per start)."""
     removed = storage.prepare()
     if removed:
-        log.info("removed %d stale staging files from an earlier run", removed)
+        log.info("removed %d stale staging files from an earlier run%s", removed, when)
+
+
+def build_services(
+    settings: Settings, *, clock: Callable[[], float] = time.time, clean: bool = True
+) -> Services:
+    """The services of one serving process. ``clean=False`` (the workers of a multi-process
+    server): the staging folder is made if missing but not emptied; the parent did that once
+    before forking (segate.web.server.run)."""
+    storage = storage_for(settings)
+    if clean:
+        clean_staging(storage)
+    else:
+        storage.prepare(clean=False)
     tokens = settings.tokens
     keys = KeyStore(
         tokens.issuers,
@@ -213,8 +230,10 @@ async def _server_header(_request: web.Request, response: web.StreamResponse) ->
     response.headers["Server"] = SERVER_NAME
 
 
-def create_app(settings: Settings, *, services: Services | None = None) -> web.Application:
-    services = services or build_services(settings)
+def create_app(
+    settings: Settings, *, services: Services | None = None, clean: bool = True
+) -> web.Application:
+    services = services or build_services(settings, clean=clean)
     app = web.Application(client_max_size=settings.server.max_body_xml)
     app[SERVICES] = services
     app[ACCESS] = AccessLog(settings.server.log_format)

@@ -20,7 +20,13 @@ from aiohttp import web
 
 from segate.config import Settings
 from segate.tpc import slots
-from segate.web.app import CONN_LIMIT, create_app, install_connection_limit
+from segate.web.app import (
+    CONN_LIMIT,
+    clean_staging,
+    create_app,
+    install_connection_limit,
+    storage_for,
+)
 from segate.web.lane import FastLane
 from segate.web.tls import server_ssl_context
 
@@ -61,11 +67,13 @@ async def drain(listener: asyncio.AbstractServer, app: web.Application, timeout:
         log.warning("drain deadline: aborting %d running requests", app[CONN_LIMIT].active)
 
 
-async def serve_forever(settings: Settings, *, reuse_port: bool = False) -> None:
+async def serve_forever(
+    settings: Settings, *, reuse_port: bool = False, clean: bool = True
+) -> None:
     srv = settings.server
     assert srv.cert is not None and srv.key is not None
     ssl_ctx = server_ssl_context(srv.cert, srv.key, srv.ca_dir)
-    app = create_app(settings)
+    app = create_app(settings, clean=clean)
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -103,15 +111,15 @@ async def serve_forever(settings: Settings, *, reuse_port: bool = False) -> None
     await runner.cleanup()
 
 
-def _run_loop(settings: Settings, *, reuse_port: bool) -> None:
+def _run_loop(settings: Settings, *, reuse_port: bool, clean: bool = True) -> None:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve_forever(settings, reuse_port=reuse_port))
+        runner.run(serve_forever(settings, reuse_port=reuse_port, clean=clean))
 
 
 def _worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
     try:
-        _run_loop(settings, reuse_port=True)
+        _run_loop(settings, reuse_port=True, clean=False)  # the parent cleaned the staging
     except ListenError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -122,6 +130,8 @@ def run(settings: Settings) -> int:
     if n == 1:
         _run_loop(settings, reuse_port=False)
         return 0
+    # once, before any worker can have an upload in progress in the staging folder
+    clean_staging(storage_for(settings), f" (before starting {n} workers)")
     ctx = multiprocessing.get_context("fork")
     slots.share(ctx)  # [tpc] max_active counts the transfers of all workers together
     procs = [ctx.Process(target=_worker, args=(settings,), daemon=False) for _ in range(n)]

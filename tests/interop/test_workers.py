@@ -65,6 +65,26 @@ def test_two_workers_share_the_port(start_segate: Any) -> None:
     assert not any(Path(f"/proc/{p}").exists() and _is_alive(p) for p in workers)
 
 
+def test_staging_is_emptied_once_before_the_workers_start(
+    start_segate: Any, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    staging = root / ".segate" / "tmp"
+    staging.mkdir(parents=True)
+    (staging / "stale-upload").write_bytes(b"x")
+    (staging / "stale-copy").mkdir()
+    se = start_segate({"server": {"workers": 2}, "storage": {"root": str(root)}}, name="clean-once")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and se.log_text().count("listening on") < 2:
+        time.sleep(0.2)
+    log = se.log_text()
+    assert log.count("listening on") == 2
+    assert log.count("stale staging") == 1
+    assert "removed 2 stale staging files from an earlier run (before starting 2 workers)" in log
+    assert list(staging.iterdir()) == []
+    se.stop()
+
+
 def _is_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -174,3 +174,22 @@ async def test_a_link_loop_is_refused_not_an_error(tmp_path: Path) -> None:
         await storage.open_read(P("loopa"))
     with pytest.raises(EscapeError):
         await storage.mkdir(P("loopa", "x"))
+
+
+def test_a_worker_does_not_empty_the_staging_folder(tmp_path: Path) -> None:
+    """A multi-process server's parent empties the staging folder once before forking
+    (segate.web.server.run); its workers only make sure it exists, so a worker starting late
+    can never remove another worker's upload in progress."""
+    from segate.config import settings_from_dict
+    from segate.web.app import build_services
+
+    root = tmp_path / "root"
+    storage = PosixStorage(root)
+    storage.prepare()
+    (Path(storage.staging) / "in-progress").write_bytes(b"x")
+    cfg = {"server": {"listen": "127.0.0.1:8443"}, "storage": {"root": str(root)}}
+    settings = settings_from_dict(cfg, tmp_path)
+    build_services(settings, clean=False)
+    assert os.listdir(storage.staging) == ["in-progress"]
+    build_services(settings)  # a single-process server cleans at its start
+    assert os.listdir(storage.staging) == []
