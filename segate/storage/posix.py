@@ -953,12 +953,16 @@ class PosixStorage:
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
-    def _transfer_targets(self, src: LogicalPath, dst: LogicalPath) -> str:
+    def _transfer_targets(
+        self, src: LogicalPath, dst: LogicalPath, *, link_itself: bool = False
+    ) -> str:
         """Checks shared by MOVE and COPY; returns the source's real path.
 
         Neither end may contain the other - logically or through symlinks: replacing an
         ancestor of the source (the root included) would delete the source's whole tree
-        before the rename, and copying into itself never ends.
+        before the rename, and copying into itself never ends. With ``link_itself`` (MOVE,
+        which renames a link and not what it leads to) a source that is a link is the link's
+        own entry, so moving a link into the folder it leads to is allowed.
         """
         if dst.is_root or dst.is_within(src) or src.is_within(dst):
             raise InvalidTargetError("source and destination may not contain each other")
@@ -968,7 +972,10 @@ class PosixStorage:
         parent = os.path.dirname(rdst)
         if not os.path.isdir(parent):
             raise ParentMissingError("destination parent collection does not exist")
-        real_src = _resolve(rsrc) if os.path.isdir(rsrc) else rsrc
+        if link_itself and os.path.islink(rsrc):
+            real_src = os.path.join(_resolve(os.path.dirname(rsrc)), os.path.basename(rsrc))
+        else:
+            real_src = _resolve(rsrc) if os.path.isdir(rsrc) else rsrc
         real_dst = os.path.join(_resolve(parent), os.path.basename(rdst))
         if os.path.lexists(real_dst) and os.path.isdir(real_dst) and not os.path.islink(rdst):
             real_dst = _resolve(real_dst)
@@ -978,7 +985,7 @@ class PosixStorage:
         return rsrc
 
     def _move_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:
-        self._transfer_targets(src, dst)
+        self._transfer_targets(src, dst, link_itself=True)
         with _Parents(self, src, dst) as (spfd, sname, dpfd, dname):
             sst = os.stat(sname, dir_fd=spfd, follow_symlinks=False)
             dst_st = _lstat_at(dpfd, dname)

@@ -193,3 +193,22 @@ def test_a_worker_does_not_empty_the_staging_folder(tmp_path: Path) -> None:
     assert os.listdir(storage.staging) == ["in-progress"]
     build_services(settings)  # a single-process server cleans at its start
     assert os.listdir(storage.staging) == []
+
+
+async def test_a_link_can_be_moved_into_the_folder_it_leads_to(tmp_path: Path) -> None:
+    """MOVE renames the link itself, so this is no move of a folder into itself (it used to be
+    refused, 409); COPY follows a source link, so copying it there still is, and so is moving
+    the folder below itself through the link."""
+    root = tmp_path / "root"
+    storage = PosixStorage(root)
+    storage.prepare()
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"x")
+    os.symlink("d", root / "l")
+    with pytest.raises(InvalidTargetError):
+        await storage.copy(P("l"), P("d", "copy"), overwrite=False)
+    with pytest.raises(InvalidTargetError):
+        await storage.move(P("d"), P("l", "inside"), overwrite=False)
+    assert await storage.move(P("l"), P("d", "l"), overwrite=False) is True
+    assert os.readlink(root / "d" / "l") == "d" and not os.path.lexists(root / "l")
+    assert (root / "d" / "f").read_bytes() == b"x"
