@@ -947,6 +947,26 @@ class PosixStorage:
         finally:
             os.close(pfd)
 
+    def _is_link_sync(self, path: LogicalPath) -> bool:
+        if path.is_root:
+            return False
+        try:
+            pfd, name = self._parent_fd(path)
+        except (ParentMissingError, NotADirectoryError_, NotADirectoryError):
+            return False
+        try:
+            st = _lstat_at(pfd, name)
+        finally:
+            os.close(pfd)
+        return st is not None and stat_mod.S_ISLNK(st.st_mode)
+
+    async def is_link(self, path: LogicalPath) -> bool:
+        """Whether ``path``'s own entry (in its checked parent folder) is a symbolic link."""
+        try:
+            return await self._meta(self._is_link_sync, path)
+        except OSError as exc:
+            raise _map_oserror(exc) from exc
+
     async def delete(self, path: LogicalPath, *, recursive: bool = False) -> None:
         try:
             await self._run(self._delete_sync, path, recursive)

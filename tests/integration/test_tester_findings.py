@@ -259,3 +259,28 @@ async def test_create_only_move_or_copy_never_replaces_a_new_destination(
     r = await gw.client.request(method, "/src", headers=h)
     assert r.status == 412, (r.status, await r.text())
     assert (gw.root / "dst").read_bytes() == b"someone else's"
+
+
+async def test_delete_of_a_link_removes_the_link_whatever_it_leads_to(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    """A link into the reserved area used to be refused (403: its target was judged), a
+    dangling one was 404, and Depth: infinity on a link to a folder was judged against the
+    folder's tree. DELETE removes the link's own entry; no target is touched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"k")
+    (gw.root / "d").mkdir()
+    (gw.root / "d" / "keep").write_bytes(b"k")
+    links = {"to-staging": ".segate/tmp", "to-outside": str(outside), "dangling": "nowhere",
+             "to-folder": "d"}  # fmt: skip
+    for name, target in links.items():
+        os.symlink(target, gw.root / name)
+    h = {**gw.bearer("storage.read:/ storage.create:/ storage.modify:/"), "Depth": "infinity"}
+    for name in links:
+        r = await gw.client.request("DELETE", f"/{name}", headers=h)
+        assert r.status == 204, (name, r.status, await r.text())
+        assert not os.path.lexists(gw.root / name)
+    assert (gw.root / ".segate" / "tmp").is_dir()
+    assert (outside / "keep").read_bytes() == b"k"
+    assert (gw.root / "d" / "keep").read_bytes() == b"k"
