@@ -982,7 +982,9 @@ class PosixStorage:
         ancestor of the source (the root included) would delete the source's whole tree
         before the rename, and copying into itself never ends. With ``link_itself`` (MOVE,
         which renames a link and not what it leads to) a source that is a link is the link's
-        own entry, so moving a link into the folder it leads to is allowed.
+        own entry, so moving a link into the folder it leads to is allowed; but a destination
+        that is replaced may not be or contain what the link leads to, nor lie inside it (the
+        link would land on its own deleted target).
         """
         if dst.is_root or dst.is_within(src) or src.is_within(dst):
             raise InvalidTargetError("source and destination may not contain each other")
@@ -992,16 +994,22 @@ class PosixStorage:
         parent = os.path.dirname(rdst)
         if not os.path.isdir(parent):
             raise ParentMissingError("destination parent collection does not exist")
-        if link_itself and os.path.islink(rsrc):
-            real_src = os.path.join(_resolve(os.path.dirname(rsrc)), os.path.basename(rsrc))
-        else:
-            real_src = _resolve(rsrc) if os.path.isdir(rsrc) else rsrc
         real_dst = os.path.join(_resolve(parent), os.path.basename(rdst))
-        if os.path.lexists(real_dst) and os.path.isdir(real_dst) and not os.path.islink(rdst):
+        replaced = os.path.lexists(real_dst)
+        if replaced and os.path.isdir(real_dst) and not os.path.islink(rdst):
             real_dst = _resolve(real_dst)
-        for a, b in ((real_src, real_dst), (real_dst, real_src)):
-            if a == b or a.startswith(b.rstrip(os.sep) + os.sep):
-                raise InvalidTargetError("source and destination may not contain each other")
+        pairs = []
+        if link_itself and os.path.islink(rsrc):
+            own = os.path.join(_resolve(os.path.dirname(rsrc)), os.path.basename(rsrc))
+            pairs.append(own)
+            if replaced:
+                pairs.append(_resolve(rsrc))  # what the link leads to
+        else:
+            pairs.append(_resolve(rsrc) if os.path.isdir(rsrc) else rsrc)
+        for real_src in pairs:
+            for a, b in ((real_src, real_dst), (real_dst, real_src)):
+                if a == b or a.startswith(b.rstrip(os.sep) + os.sep):
+                    raise InvalidTargetError("source and destination may not contain each other")
         return rsrc
 
     def _move_sync(self, src: LogicalPath, dst: LogicalPath, overwrite: bool) -> bool:

@@ -212,3 +212,26 @@ async def test_a_link_can_be_moved_into_the_folder_it_leads_to(tmp_path: Path) -
     assert await storage.move(P("l"), P("d", "l"), overwrite=False) is True
     assert os.readlink(root / "d" / "l") == "d" and not os.path.lexists(root / "l")
     assert (root / "d" / "f").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    ("target", "dst"), [("d", ("d",)), ("d/sub", ("d",)), ("d", ("d", "sub")), ("d/f", ("d", "f"))]
+)
+async def test_a_link_never_replaces_what_it_leads_to(
+    tmp_path: Path, target: str, dst: tuple[str, ...]
+) -> None:
+    """MOVE with overwrite of a link onto its own target, onto a folder holding its target, or
+    onto something inside its target deleted that tree and left a link to nowhere (a second
+    tester, after the change above); it is refused (409) and nothing is touched."""
+    root = tmp_path / "root"
+    storage = PosixStorage(root)
+    storage.prepare()
+    (root / "d" / "sub").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"precious")
+    (root / "d" / "sub" / "g").write_bytes(b"precious")
+    os.symlink(target, root / "l")
+    with pytest.raises(InvalidTargetError):
+        await storage.move(P("l"), P(*dst), overwrite=True)
+    assert (root / "d" / "f").read_bytes() == b"precious"
+    assert (root / "d" / "sub" / "g").read_bytes() == b"precious"
+    assert os.readlink(root / "l") == target
