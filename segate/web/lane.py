@@ -31,8 +31,9 @@ aiohttp or closed, is written at once.
 
 Known, deliberate differences from aiohttp: bytes a client pipelines after a request that
 closes the connection (``Connection: close``, HTTP/1.0) are ignored after the answer, where
-aiohttp answers 400 "Data after Connection: close" instead of the request; a request whose
-head is complete is answered even if the client half-closed its side first.
+aiohttp answers 400 "Data after Connection: close" instead of the request; over plain HTTP a
+request whose head is complete is answered even if the client half-closed its side first (over
+TLS, uvloop's transport closes at the client's FIN and a request still running is logged 499).
 """
 
 from __future__ import annotations
@@ -291,11 +292,15 @@ class FastLane:
             return
         self.pending = []
         for transport, data in pending:
-            if not transport.is_closing():
-                try:
-                    transport.write(data)
-                except (OSError, RuntimeError) as exc:  # this connection's loss only
-                    log.info("fast lane: cannot write an answer: %s", exc)
+            if transport.is_closing():
+                # logged as served a moment ago: say that it never left (a TLS client that
+                # closed its side, a reset)
+                log.info("fast lane: an answer was not sent: the connection closed first")
+                continue
+            try:
+                transport.write(data)
+            except (OSError, RuntimeError) as exc:  # this connection's loss only
+                log.info("fast lane: cannot write an answer: %s", exc)
 
     def fqdn(self) -> str:
         """aiohttp's ``request.host`` without a Host header: the machine's name."""
@@ -348,6 +353,7 @@ class LaneProtocol(asyncio.Protocol):
         self.remote = "-"  # the client's address in the access log
         self.ip = ""  # ... and in the credentials
         self.handed = False
+        self.eof = False  # the client half-closed (plain HTTP): close once all is answered
         self.read_paused = False
         self.last = 0.0  # loop time of the last request's end (or of the connection)
         self.head_since: float | None = None  # loop time a partial head started arriving
@@ -378,7 +384,20 @@ class LaneProtocol(asyncio.Protocol):
             self.read_paused = True
 
     def eof_received(self) -> bool | None:
-        return None  # as aiohttp: the transport closes (TLS has no half-close anyway)
+        """The client closed its side. Plain HTTP: the write side stays open until every
+        complete request buffered or running is answered, then the connection closes. TLS:
+        uvloop's TLS transport cannot stay half-open, so it closes now (a request still running
+        is logged as 499). Answers queued for this loop turn are written first either way."""
+        self.lane.flush()
+        transport = self.transport
+        if (
+            transport is not None
+            and transport.get_extra_info("sslcontext") is None
+            and self.task is not None  # (with none running, no complete request is buffered)
+        ):
+            self.eof = True
+            return True
+        return None  # the transport closes, as with aiohttp
 
     # -- framing -----------------------------------------------------------------------------
     def _next(self) -> None:
@@ -522,12 +541,15 @@ class LaneProtocol(asyncio.Protocol):
                 )
             sent = length if length is not None else len(body)
             transport = self.transport
-            if transport is not None and not transport.is_closing():
-                if keep:
-                    lane.send(transport, data)
-                else:  # written before the close below
-                    lane.flush()
-                    transport.write(data)
+            if transport is None or transport.is_closing():
+                # e.g. a TLS client that closed its side: uvloop's TLS transport has no
+                # half-close, so the answer cannot be sent; the log says so
+                status, reason, keep, sent = 499, "client went away", False, 0
+            elif keep and not self.eof:
+                lane.send(transport, data)
+            else:  # written before the close below
+                lane.flush()
+                transport.write(data)
         except asyncio.CancelledError:
             status, keep, reason = 499, False, "client went away"
             raise
@@ -553,3 +575,5 @@ class LaneProtocol(asyncio.Protocol):
                     self.transport.close()
                 elif self.buf:
                     self._next()
+                if self.eof and self.task is None and not self.handed:
+                    self.transport.close()  # half-closed: every complete request answered

@@ -476,3 +476,20 @@ async def test_answers_of_one_loop_turn_are_written_together(
         rest = await asyncio.wait_for(reader.read(), 5)
         assert responses(rest) == [b"HTTP/1.1 207 Multi-Status"]
         w.close()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_answered_after_the_client_half_closes(pair: tuple[Gateway, Gateway], n: int) -> None:
+    """Plain HTTP: requests followed at once by the client's FIN are all answered, then the
+    connection closes (a tester found every answer lost once answers were written per loop
+    turn: the transport closed at the FIN with them still queued)."""
+    lane, _ = pair
+    server = lane.client.server
+    head = f"HEAD /f HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {lane.token(SCOPE)}\r\n\r\n"
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(head.encode() * n)
+        writer.write_eof()
+        out = await asyncio.wait_for(reader.read(), 5)  # ends: the server closed
+        assert responses(out) == [b"HTTP/1.1 200 OK"] * n
+        writer.close()
