@@ -140,9 +140,8 @@ async def handle_delete(ctx: RequestContext) -> web.StreamResponse:
     ctx.authorize(Op.DELETE)
     if ctx.path.is_root:
         raise Forbidden("cannot delete the storage root")
-    if await ctx.storage.is_link(ctx.path):
-        # the link's own entry goes, whatever it leads to (inside, outside, nowhere)
-        await ctx.storage.delete(ctx.path, recursive=False)
+    if await ctx.storage.delete_link(ctx.path):
+        # the link's own entry went, whatever it leads to (inside, outside, nowhere)
         return web.Response(status=204)
     info = await ctx.storage.stat(ctx.path)
     if info is None:

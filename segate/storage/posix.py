@@ -947,7 +947,7 @@ class PosixStorage:
         finally:
             os.close(pfd)
 
-    def _is_link_sync(self, path: LogicalPath) -> bool:
+    def _delete_link_sync(self, path: LogicalPath) -> bool:
         if path.is_root:
             return False
         try:
@@ -956,14 +956,18 @@ class PosixStorage:
             return False
         try:
             st = _lstat_at(pfd, name)
+            if st is None or not stat_mod.S_ISLNK(st.st_mode):
+                return False
+            os.unlink(name, dir_fd=pfd)  # in the same checked folder, right after the look
+            return True
         finally:
             os.close(pfd)
-        return st is not None and stat_mod.S_ISLNK(st.st_mode)
 
-    async def is_link(self, path: LogicalPath) -> bool:
-        """Whether ``path``'s own entry (in its checked parent folder) is a symbolic link."""
+    async def delete_link(self, path: LogicalPath) -> bool:
+        """Remove ``path``'s own entry if it is a symbolic link (whatever it leads to) and say
+        so; False, with nothing done, for anything else (then :meth:`delete` applies)."""
         try:
-            return await self._meta(self._is_link_sync, path)
+            return await self._meta(self._delete_link_sync, path)
         except OSError as exc:
             raise _map_oserror(exc) from exc
 
