@@ -354,6 +354,7 @@ class LaneProtocol(asyncio.Protocol):
         self.ip = ""  # ... and in the credentials
         self.handed = False
         self.eof = False  # the client half-closed (plain HTTP): close once all is answered
+        self.write_paused = False  # the transport's write buffer is over its high-water mark
         self.read_paused = False
         self.last = 0.0  # loop time of the last request's end (or of the connection)
         self.head_since: float | None = None  # loop time a partial head started arriving
@@ -383,6 +384,35 @@ class LaneProtocol(asyncio.Protocol):
             self.transport.pause_reading()
             self.read_paused = True
 
+    def pause_writing(self) -> None:
+        """The transport holds more unsent answer bytes than its high-water mark (a client
+        that sends requests but does not read): serve and read nothing more until it drains,
+        so memory does not grow with what such a client sends."""
+        self.write_paused = True
+        if self.transport is not None and not self.read_paused:
+            self.transport.pause_reading()
+            self.read_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.task is None and not self.handed:
+            self._next()
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """Half-closed by the client (plain HTTP): close once every complete request is
+        answered."""
+        transport = self.transport
+        if (
+            self.eof
+            and self.task is None
+            and not self.handed
+            and not self.write_paused
+            and transport is not None
+        ):
+            self.lane.flush()
+            transport.close()
+
     def eof_received(self) -> bool | None:
         """The client closed its side. Plain HTTP: the write side stays open until every
         complete request buffered or running is answered, then the connection closes. TLS:
@@ -393,7 +423,8 @@ class LaneProtocol(asyncio.Protocol):
         if (
             transport is not None
             and transport.get_extra_info("sslcontext") is None
-            and self.task is not None  # (with none running, no complete request is buffered)
+            # (with none running and writing not paused, no complete request is buffered)
+            and (self.task is not None or self.write_paused)
         ):
             self.eof = True
             return True
@@ -403,12 +434,18 @@ class LaneProtocol(asyncio.Protocol):
     def _next(self) -> None:
         """Take the next whole request from the buffer, or hand the connection over."""
         buf = self.buf
-        if not buf or self.transport is None or self.transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
             self.head_since = None
             return
+        if self.write_paused:
+            return  # a client not reading its answers: resume_writing calls again
         if self.read_paused:
-            self.transport.resume_reading()
+            transport.resume_reading()
             self.read_paused = False
+        if not buf:
+            self.head_since = None
+            return
         if not buf.startswith(_STARTS):
             if len(buf) >= 9 or not any(s.startswith(bytes(buf)) for s in _STARTS):
                 self._hand_over()
@@ -575,5 +612,4 @@ class LaneProtocol(asyncio.Protocol):
                     self.transport.close()
                 elif self.buf:
                     self._next()
-                if self.eof and self.task is None and not self.handed:
-                    self.transport.close()  # half-closed: every complete request answered
+                self._close_if_done()

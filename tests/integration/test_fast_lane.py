@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 from typing import Any
 
 import pytest
@@ -493,3 +494,44 @@ async def test_answered_after_the_client_half_closes(pair: tuple[Gateway, Gatewa
         out = await asyncio.wait_for(reader.read(), 5)  # ends: the server closed
         assert responses(out) == [b"HTTP/1.1 200 OK"] * n
         writer.close()
+
+
+async def test_a_client_that_does_not_read_is_not_served_without_limit(
+    pair: tuple[Gateway, Gateway],
+) -> None:
+    """Pipelined requests whose answers are never read: once the transport holds more unsent
+    bytes than its high-water mark the lane stops serving and reading (pause_writing), so
+    memory stays bounded; when the client reads, every request is answered, in order. (A tester
+    saw a worker grow by ~0.7 KB per unread answer, without limit.) Small socket buffers on
+    both sides make the kernel hold little, so the transport's own buffer fills soon."""
+    lane, _ = pair
+    fl = lane.client.server.lane  # type: ignore[attr-defined]
+    server = lane.client.server
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 14)
+    writer.write(b"HEAD /f HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    (conn,) = fl.connections
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    before, n = fl.served, 20000
+    writer.write(b"".join(f"HEAD /f?i={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(n)))
+    last, still = -1, 0
+    for _ in range(200):  # until serving stops (at most 10 s)
+        await asyncio.sleep(0.05)
+        still = still + 1 if fl.served == last else 0
+        last = fl.served
+        if still >= 6:
+            break
+    assert still >= 6 and fl.served - before < n, (fl.served - before, n)
+    assert conn.write_paused and conn.transport.get_write_buffer_size() < (1 << 20)
+    got = 0
+    while got < n:
+        line = await asyncio.wait_for(reader.readline(), 10)
+        if line.startswith(b"HTTP/1.1 "):
+            assert line == b"HTTP/1.1 401 Unauthorized\r\n"
+            got += 1
+    assert fl.served == before + n
+    writer.close()
