@@ -268,6 +268,7 @@ class FastLane:
         self.allow_query = self.services.settings.tokens.allow_query_token
         self.connections: set[LaneProtocol] = set()
         self.pending: list[tuple[asyncio.Transport, bytes]] = []  # answers due this turn
+        self.closing = False  # shutting down: no new request starts
         self.served = 0  # requests answered by the lane itself (tests, diagnostics)
         self.handed = 0  # connections handed to aiohttp
         self._fqdn: str | None = None
@@ -322,6 +323,7 @@ class FastLane:
 
     def close_idle(self) -> None:
         """Shutdown: close every lane connection not serving a request."""
+        self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -440,6 +442,10 @@ class LaneProtocol(asyncio.Protocol):
             return
         if self.write_paused:
             return  # a client not reading its answers: resume_writing calls again
+        if self.lane.closing:
+            self.lane.flush()
+            transport.close()  # shutting down: requests not started are not started now
+            return
         if self.read_paused:
             transport.resume_reading()
             self.read_paused = False
@@ -607,7 +613,7 @@ class LaneProtocol(asyncio.Protocol):
             self.task = None
             self.last = self.loop.time()
             if self.transport is not None:
-                if not keep:
+                if not keep or lane.closing:  # shutting down: this was the last one
                     lane.flush()
                     self.transport.close()
                 elif self.buf:
