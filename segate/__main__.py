@@ -66,11 +66,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if is_default:
         print(_banner(settings), flush=True)
+    from segate.web.app import StorageSetupError
     from segate.web.server import ListenError, run
 
     try:
         return run(settings)
-    except ListenError as exc:
+    except (ListenError, StorageSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ write one access-log line. Nothing is kept between requests on a connection (B12
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import os
@@ -88,9 +89,26 @@ def storage_for(settings: Settings) -> PosixStorage:
     )
 
 
+class StorageSetupError(Exception):
+    """The storage root or its staging folder cannot be made ready (``segate serve`` prints
+    this one line and exits with status 2, no traceback)."""
+
+
+def _prepare(storage: PosixStorage, *, clean: bool) -> int:
+    try:
+        return storage.prepare(clean=clean)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            reason = "a path component is not a folder"
+        else:
+            reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        msg = f"cannot prepare the storage root {storage.root}: {reason}"
+        raise StorageSetupError(msg) from None
+
+
 def clean_staging(storage: PosixStorage, when: str = "") -> None:
     """Remove what an earlier run left in the staging folder (once per start)."""
-    removed = storage.prepare()
+    removed = _prepare(storage, clean=True)
     if removed:
         log.info("removed %d stale staging files from an earlier run%s", removed, when)
 
@@ -105,7 +123,7 @@ def build_services(
     if clean:
         clean_staging(storage)
     else:
-        storage.prepare(clean=False)
+        _prepare(storage, clean=False)
     tokens = settings.tokens
     keys = KeyStore(
         tokens.issuers,

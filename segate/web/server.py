@@ -22,6 +22,7 @@ from segate.config import Settings
 from segate.tpc import slots
 from segate.web.app import (
     CONN_LIMIT,
+    StorageSetupError,
     clean_staging,
     create_app,
     install_connection_limit,
@@ -120,7 +121,7 @@ def _worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
     try:
         _run_loop(settings, reuse_port=True, clean=False)  # the parent cleaned the staging
-    except ListenError as exc:
+    except (ListenError, StorageSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
 

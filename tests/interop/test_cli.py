@@ -192,6 +192,33 @@ def test_serve_on_a_taken_port_is_one_clear_line(tmp_path: Path, dev_pki: DevPKI
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_on_a_root_that_cannot_be_prepared_is_one_clear_line(
+    tmp_path: Path, dev_pki: DevPKI, workers: int
+) -> None:
+    """A tester's root that is a file (or immutable) gave a Python traceback at start."""
+    (tmp_path / "data").write_bytes(b"not a folder")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = {
+        "server": {
+            "listen": f"127.0.0.1:{port}",
+            "cert": str(dev_pki.host_cert),
+            "key": str(dev_pki.host_key),
+            "workers": workers,
+        },
+        "storage": {"root": str(tmp_path / "data")},
+    }
+    path = tmp_path / "segate.toml"
+    path.write_text(toml_dumps(cfg))
+    code, out = segate("serve", "--config", str(path))
+    assert code == 2, out
+    assert "error: cannot prepare the storage root" in out
+    assert "a path component is not a folder" in out
+    assert "Traceback" not in out
+
+
 def test_token_without_dev_state_warns(tmp_path: Path) -> None:
     state = tmp_path / "nostate"
     code, out = segate("token", env={"SEGATE_STATE": str(state)})
