@@ -616,6 +616,6 @@ class LaneProtocol(asyncio.Protocol):
                 if not keep or lane.closing:  # shutting down: this was the last one
                     lane.flush()
                     self.transport.close()
-                elif self.buf:
+                else:  # the next request, or resume reading paused while this one ran
                     self._next()
                 self._close_if_done()

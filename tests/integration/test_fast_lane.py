@@ -535,3 +535,45 @@ async def test_a_client_that_does_not_read_is_not_served_without_limit(
             got += 1
     assert fl.served == before + n
     writer.close()
+
+
+async def test_writing_that_resumes_while_a_request_runs_does_not_stall_the_connection(
+    pair: tuple[Gateway, Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transport's write buffer goes over its high-water mark and drains again while a
+    request is still running (pause_writing, then resume_writing, both during the request):
+    reading, paused by the first, is resumed once the request ends, so the next request on the
+    connection is answered. (Found by reading the code: with nothing else buffered the
+    connection kept reading paused for good.) The two flow-control callbacks are called here
+    as the transport calls them, because a kernel buffer that fills and drains exactly inside
+    one request's run cannot be arranged deterministically; the transport, its
+    pause_reading/resume_reading and the request are real."""
+    lane, _ = pair
+    fl = lane.client.server.lane  # type: ignore[attr-defined]
+    auth = fl.services.auth
+    real = auth.authenticate
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def held(creds: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await real(creds)
+
+    server = lane.client.server
+    a = f"Authorization: Bearer {lane.token(SCOPE)}\r\nHost: x\r\n".encode()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    monkeypatch.setattr(auth, "authenticate", held)
+    writer.write(b"HEAD /f HTTP/1.1\r\n" + a + b"\r\n")
+    await asyncio.wait_for(entered.wait(), 5)
+    (conn,) = fl.connections
+    conn.pause_writing()
+    conn.resume_writing()
+    gate.set()
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    monkeypatch.setattr(auth, "authenticate", real)
+    writer.write(b"HEAD /f HTTP/1.1\r\n" + a + b"Connection: close\r\n\r\n")
+    rest = await asyncio.wait_for(reader.read(), 5)
+    assert responses(rest) == [b"HTTP/1.1 200 OK"]
+    writer.close()
