@@ -501,6 +501,9 @@ class LaneProtocol(asyncio.Protocol):
         data, self.buf = bytes(self.buf), bytearray()
         if data:
             handler.data_received(data)
+        # the client's FIN came to the lane: the handler answers what is complete, then closes
+        if self.eof and not handler.eof_received():  # type: ignore[func-returns-value]
+            transport.close()
 
     def expire(self, now: float) -> None:
         """Close the connection if it idled past KEEPALIVE or a head is too slow to arrive."""

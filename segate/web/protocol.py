@@ -13,9 +13,11 @@ and the in-process test server, which both call it after ``runner.setup()``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -25,9 +27,47 @@ log = logging.getLogger("segate.http")
 
 
 class GatewayRequestHandler(RequestHandler):
-    """A RequestHandler whose parse-error answer never echoes the request."""
+    """A RequestHandler whose parse-error answer never echoes the request, and which answers
+    the requests a plain-HTTP client sent in full before half-closing its side."""
 
-    __slots__ = ()
+    __slots__ = ("_eof", "_newest")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._eof = False  # the client half-closed: close once the complete requests are answered
+        self._newest: StreamReader | None = None  # body of the newest request parsed
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:  # what this call parsed is at the end of the queue
+            self._newest = self._messages[-1][1]
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """aiohttp closes at the client's FIN, losing answers to requests sent in full before
+        it (``printf 'GET ...' | nc -N``, scripts ending with shutdown(SHUT_WR)). On plain HTTP
+        keep the write side open while a request runs or waits, then close after the last;
+        a request whose body is still incomplete cannot be answered: close now (its handler
+        sees the connection lost, as before). TLS: uvloop's TLS transport has no half-close."""
+        transport = self.transport
+        if (
+            transport is None
+            or transport.get_extra_info("sslcontext") is not None
+            # idle: no request queued, and the handler task waits for one (or none came)
+            or not (self._messages or (self._waiter is None and self._newest is not None))
+            or (self._newest is not None and not self._newest.is_eof())
+        ):
+            return None
+        self._eof = True
+        if not self._messages:
+            self._close = True  # the request running is the last: close after its answer
+        return True
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if self._eof and not self._messages:
+            self._close = True  # half-closed: this is the last complete request
+        return await super().finish_response(request, resp, start_time)
 
     def handle_error(
         self,
