@@ -86,8 +86,7 @@ async def handle_get(ctx: RequestContext) -> web.StreamResponse:
             resp.content_type = "application/octet-stream"
             resp.content_length = info.size
             await resp.prepare(ctx.request)
-            async for chunk in handle.send_range(0, info.size):
-                await resp.write(chunk)
+            await handle.send_range(0, info.size, resp.write)
         elif len(ranges) == 1:
             start, end = ranges[0]
             headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
@@ -95,8 +94,7 @@ async def handle_get(ctx: RequestContext) -> web.StreamResponse:
             resp.content_type = "application/octet-stream"
             resp.content_length = end - start + 1
             await resp.prepare(ctx.request)
-            async for chunk in handle.send_range(start, end - start + 1):
-                await resp.write(chunk)
+            await handle.send_range(start, end - start + 1, resp.write)
         else:
             boundary = secrets.token_hex(12)
             parts = [
@@ -118,8 +116,7 @@ async def handle_get(ctx: RequestContext) -> web.StreamResponse:
             await resp.prepare(ctx.request)
             for head, s, e in parts:
                 await resp.write(head)
-                async for chunk in handle.send_range(s, e - s + 1):
-                    await resp.write(chunk)
+                await handle.send_range(s, e - s + 1, resp.write)
             await resp.write(closing)
         await resp.write_eof()
         return resp

@@ -44,8 +44,9 @@ import logging
 import os
 import secrets
 import stat as stat_mod
+import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,20 +171,15 @@ def _set_cached(fd: int, algorithm: str, st: os.stat_result, value: str) -> None
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
-def _read_cached(fd: int, n: int, pos: int) -> bytearray | None:
-    """Up to ``n`` bytes at ``pos`` if the page cache has them (never blocks), else None."""
+def _read_cached(fd: int, buf: bytearray, pos: int) -> int:
+    """Read into ``buf`` at ``pos`` only what the page cache has (never blocks): bytes read,
+    0 when none (EAGAIN: not cached; EOPNOTSUPP etc.: the executor path decides)."""
     if not _NOWAIT:
-        return None
-    buf = bytearray(n)
+        return 0
     try:
-        got = os.preadv(fd, [buf], pos, _NOWAIT)
-    except (BlockingIOError, OSError):
-        return None  # EAGAIN: not cached; EOPNOTSUPP etc.: the executor path decides
-    if got <= 0:
-        return None
-    if got < n:
-        del buf[got:]
-    return buf
+        return max(0, os.preadv(fd, [buf], pos, _NOWAIT))
+    except OSError:
+        return 0
 
 
 #: bytes checksummed then written per ``writev`` of an upload: small enough that the kernel's
@@ -346,27 +342,45 @@ class PosixReadHandle:
             pos += len(data)
             yield data
 
-    async def send_range(self, offset: int, length: int) -> AsyncIterator[bytes | bytearray]:
-        """Pieces of ``read_chunk`` bytes for a response body (GET); each a fresh buffer.
+    async def send_range(
+        self, offset: int, length: int, write: Callable[[bytes | memoryview], Awaitable[None]]
+    ) -> None:
+        """``await write(piece)`` for the bytes [offset, offset+length), in pieces of at most
+        ``read_chunk`` bytes (a GET's response body).
 
         Data already in the page cache is read on the event loop with ``RWF_NOWAIT`` (the
         kernel returns EAGAIN instead of waiting for the disk), so a cached file costs no
-        executor hop per piece; whatever is not cached is read in the executor as before.
-        Smaller pieces than ``io_chunk`` because each one sits in the TLS transport until it is
-        sent: this, not the file size, bounds memory per download.
+        executor hop per piece; whatever is not cached is read in the executor. Pieces are
+        smaller than ``io_chunk`` because each may sit in the TLS transport until it is sent:
+        this, not the file size, bounds memory per download. The buffer the cached reads go
+        to is used again for the next piece when nothing else holds it any more (the TLS
+        transport has encrypted it and dropped it: a refcount of 2, our name and
+        getrefcount's argument); if anything still holds it, a fresh one is taken. A fresh
+        1 MiB buffer per piece cost its zeroing and page faults (server CPU per 1 GiB GET
+        0.88-0.95 -> 0.77-0.86 s).
         """
         chunk = self._storage.read_chunk
+        fd = self._fd
         end = offset + length
         pos = offset
+        buf = bytearray()
         while pos < end:
             n = min(chunk, end - pos)
-            data: bytes | bytearray | None = _read_cached(self._fd, n, pos)
-            if data is None:
-                data = await self._storage._run(os.pread, self._fd, n, pos)
-            if not data:
-                raise BackendError("file shrank while being read")
-            pos += len(data)
-            yield data
+            if len(buf) != n or sys.getrefcount(buf) != 2:
+                buf = bytearray(n)
+            got = _read_cached(fd, buf, pos)
+            piece: bytes | memoryview
+            if got == n:
+                piece = memoryview(buf)
+            elif got > 0:
+                piece = memoryview(buf)[:got]
+            else:
+                piece = await self._storage._run(os.pread, fd, n, pos)
+                if not piece:
+                    raise BackendError("file shrank while being read")
+            pos += len(piece)
+            await write(piece)
+            del piece  # a writer that kept it keeps ``buf`` referenced: see above
 
     async def close(self) -> None:
         if self._fd >= 0:

@@ -2,7 +2,7 @@
 
 * ``_resolve`` (O_PATH + /proc/self/fd) answers exactly what ``os.path.realpath`` answers, for
   plain paths, symlinks inside and outside the root, and dangling links (fallback).
-* ``send_range`` (page-cached reads on the loop) yields the same bytes as ``read_range``.
+* ``send_range`` (page-cached reads on the loop) sends the same bytes as ``read_range``.
 * ``write_parts`` (one writev per chunk) stores the same bytes and adler32 as ``write``, and an
   aborted upload refuses further writes instead of touching a closed descriptor.
 * The benchmark's ratio is "how many times as good segate is" in both directions.
@@ -23,7 +23,7 @@ from typing import Any, cast
 import pytest
 
 from segate.paths import LogicalPath
-from segate.storage import nolinks
+from segate.storage import nolinks, posix
 from segate.storage.base import BackendError, EscapeError, NotRegularError, UnavailableError
 from segate.storage.posix import PosixStorage, _resolve
 from testbed.bench.report import Results
@@ -56,11 +56,58 @@ async def test_send_range_equals_read_range(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(data)
     st = PosixStorage(tmp_path, chunk=1 << 20, read_chunk=256 << 10)
     h = await st.open_read(LogicalPath(("f",)))
+    pieces: list[bytes] = []
+
+    async def copy(piece: bytes | memoryview) -> None:
+        pieces.append(bytes(piece))
+
     try:
-        sent = b"".join([bytes(c) async for c in h.send_range(5, len(data) - 10)])
+        await h.send_range(5, len(data) - 10, copy)
         read = b"".join([c async for c in h.read_range(5, len(data) - 10)])
-        assert sent == read == data[5:-5]
-        assert max([len(c) async for c in h.send_range(0, len(data))]) == 256 << 10
+        assert b"".join(pieces) == read == data[5:-5]
+        pieces.clear()
+        await h.send_range(0, len(data), copy)
+        assert max(len(p) for p in pieces) == 256 << 10
+    finally:
+        await h.close()
+
+
+async def test_send_range_reuses_its_buffer_only_when_nothing_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that keeps the pieces (as a transport's backlog does when the socket is full)
+    gets a fresh buffer each time, so what it holds is never overwritten; a writer that
+    copies and lets go gets the same buffer again (the point: no zeroing, no page faults).
+    Buffers are counted by shadowing ``bytearray`` in the storage module."""
+    made: list[int] = []
+
+    class Counted(bytearray):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            made.append(len(self))
+
+    monkeypatch.setattr(posix, "bytearray", Counted, raising=False)
+    data = os.urandom(8 * (64 << 10))
+    (tmp_path / "f").write_bytes(data)
+    st = PosixStorage(tmp_path, read_chunk=64 << 10)
+    h = await st.open_read(LogicalPath(("f",)))
+    kept: list[bytes | memoryview] = []
+    copied: list[bytes] = []
+
+    async def keep(piece: bytes | memoryview) -> None:
+        kept.append(piece)
+
+    async def copy(piece: bytes | memoryview) -> None:
+        copied.append(bytes(piece))
+
+    try:
+        await h.send_range(0, len(data), keep)
+        assert b"".join(bytes(p) for p in kept) == data  # none overwritten by a later read
+        assert made.count(64 << 10) == 8
+        made.clear()
+        await h.send_range(0, len(data), copy)
+        assert b"".join(copied) == data
+        assert made.count(64 << 10) == 1
     finally:
         await h.close()
 
