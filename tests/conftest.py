@@ -64,12 +64,16 @@ class Gateway:
 class LaneTestServer(TestServer):
     """aiohttp's TestServer with connections accepted as ``segate serve`` accepts them: by the
     fast lane (segate.web.lane), which hands what it does not serve itself to aiohttp. So the
-    in-process tests exercise both paths, as real clients do."""
+    in-process tests exercise both paths, as real clients do. Handlers are cancelled when
+    their connection goes (``segate serve`` leaves aiohttp's default, not cancelling them;
+    ``make_gateway(handler_cancellation=False)`` runs as it does)."""
+
+    handler_cancellation = True
 
     async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kw: Any) -> None:
         if self.runner:
             return
-        self.runner = await self._make_runner(handler_cancellation=True, **kw)
+        self.runner = await self._make_runner(handler_cancellation=self.handler_cancellation, **kw)
         await self.runner.setup()
         assert self.runner.server is not None
         install_connection_limit(self.app, self.runner.server)
@@ -116,11 +120,13 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     async def factory(**overrides: Any) -> Gateway:
         root = tmp_path / f"root{len(clients)}"
         root.mkdir()
+        cancel = overrides.pop("handler_cancellation", True)
         settings = settings_from_dict(base_config(root, issuer.jwks_file, **overrides), tmp_path)
         app = create_app(settings)
         watch_app(app)
         limit = settings.server.max_header_size  # as segate.web.server configures the runner
         server = LaneTestServer(app)
+        server.handler_cancellation = cancel
         await server.start_server(max_field_size=limit, max_line_size=limit)
         client = TestClient(server)
         await client.start_server()

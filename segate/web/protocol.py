@@ -30,12 +30,13 @@ class GatewayRequestHandler(RequestHandler):
     """A RequestHandler whose parse-error answer never echoes the request, and which answers
     the requests a plain-HTTP client sent in full before half-closing its side."""
 
-    __slots__ = ("_eof", "_newest")
+    __slots__ = ("_cut", "_eof", "_newest")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._eof = False  # the client half-closed: close once the complete requests are answered
         self._newest: StreamReader | None = None  # body of the newest request parsed
+        self._cut: StreamReader | None = None  # a queued request's body cut short by the FIN
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -45,29 +46,43 @@ class GatewayRequestHandler(RequestHandler):
     def eof_received(self) -> bool | None:  # type: ignore[override]
         """aiohttp closes at the client's FIN, losing answers to requests sent in full before
         it (``printf 'GET ...' | nc -N``, scripts ending with shutdown(SHUT_WR)). On plain HTTP
-        keep the write side open while a request runs or waits, then close after the last;
-        a request whose body is still incomplete cannot be answered: close now (its handler
-        sees the connection lost, as before). TLS: uvloop's TLS transport has no half-close."""
+        keep the write side open while a request runs or waits, then close after the last.
+        A request whose body the FIN cut short cannot be answered: when it is the one running,
+        close now (its handler sees the connection lost, as before); when requests before it
+        are still to be answered, its body ends in an error for its handler, and the
+        connection closes after it. TLS: uvloop's TLS transport has no half-close."""
         transport = self.transport
         if (
             transport is None
             or transport.get_extra_info("sslcontext") is not None
             # idle: no request queued, and the handler task waits for one (or none came)
             or not (self._messages or (self._waiter is None and self._newest is not None))
-            or (self._newest is not None and not self._newest.is_eof())
         ):
             return None
+        newest = self._newest
+        if newest is not None and not newest.is_eof():
+            if not self._messages:
+                return None  # the cut request is the one running: nothing else to answer
+            newest.set_exception(ConnectionResetError("the client closed before the whole body"))
+            self._cut = newest
         self._eof = True
-        if not self._messages:
-            self._close = True  # the request running is the last: close after its answer
+        if not (self._request_in_progress or self._messages or self._upgraded):
+            # between requests (the one that ended was the last, or the one taken from the
+            # queue is; with an Upgrade request's tail still unparsed, finish_response decides)
+            self._close = True
         return True
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        # after aiohttp's own finish, which parses what followed a declined Upgrade request
         if self._eof and not self._messages:
-            self._close = True  # half-closed: this is the last complete request
-        return await super().finish_response(request, resp, start_time)
+            if self._cut is not None and request.content is self._cut:
+                self.force_close()  # the answer is written; nothing of the cut body will come
+            else:
+                self._close = True  # half-closed: this was the last complete request
+        return result
 
     def handle_error(
         self,
@@ -76,6 +91,11 @@ class GatewayRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):
+            # the client went away mid-request (the access line says 499): aiohttp would log
+            # a traceback at ERROR and try to answer a closed connection
+            log.debug("client %s went away: %s", request.remote, exc)
+            raise ConnectionError("the client went away") from None
         if not isinstance(exc, HttpProcessingError) or status >= 500:
             return super().handle_error(request, status, exc, message)
         first = (exc.message or "").splitlines()[0] if (exc.message or "").strip() else ""
