@@ -13,6 +13,7 @@ and the in-process test server, which both call it after ``runner.setup()``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,13 +31,34 @@ class GatewayRequestHandler(RequestHandler):
     """A RequestHandler whose parse-error answer never echoes the request, and which answers
     the requests a plain-HTTP client sent in full before half-closing its side."""
 
-    __slots__ = ("_cut", "_eof", "_newest")
+    __slots__ = ("_cut", "_eof", "_handle", "_newest", "_started")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._eof = False  # the client half-closed: close once the complete requests are answered
         self._newest: StreamReader | None = None  # body of the newest request parsed
-        self._cut: StreamReader | None = None  # a queued request's body cut short by the FIN
+        self._started: StreamReader | None = None  # body of the newest request handled
+        self._cut: StreamReader | None = None  # a request's body cut short by the FIN
+        handle = self._request_handler
+        assert handle is not None  # set by RequestHandler.__init__
+        self._handle: Callable[[BaseRequest], Awaitable[web.StreamResponse]] = handle
+        self._request_handler = self._unless_cut
+
+    async def _unless_cut(self, request: BaseRequest) -> web.StreamResponse:
+        """The application's handler, for every request but one whose body the client's FIN
+        cut short: that one is not carried out, and the connection closes."""
+        payload = request.content
+        if payload is self._cut:
+            log.info(
+                "closing a connection from %s: the client closed its side before the body of "
+                "%s %s was complete; not carried out",
+                request.remote,
+                safe_for_log(request.method, 20),
+                safe_for_log(redact_text(request.path), 200),
+            )
+            raise ConnectionResetError("the request body was cut short by the client")
+        self._started = payload
+        return await self._handle(request)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -47,10 +69,10 @@ class GatewayRequestHandler(RequestHandler):
         """aiohttp closes at the client's FIN, losing answers to requests sent in full before
         it (``printf 'GET ...' | nc -N``, scripts ending with shutdown(SHUT_WR)). On plain HTTP
         keep the write side open while a request runs or waits, then close after the last.
-        A request whose body the FIN cut short cannot be answered: when it is the one running,
-        close now (its handler sees the connection lost, as before); when requests before it
-        are still to be answered, its body ends in an error for its handler, and the
-        connection closes after it. TLS: uvloop's TLS transport has no half-close."""
+        A request whose body the FIN cut short cannot be answered: when its handler has
+        started, close now (it sees the connection lost, as before); otherwise the requests
+        before it are answered, it is not carried out, and the connection closes.
+        TLS: uvloop's TLS transport has no half-close."""
         transport = self.transport
         if (
             transport is None
@@ -61,9 +83,8 @@ class GatewayRequestHandler(RequestHandler):
             return None
         newest = self._newest
         if newest is not None and not newest.is_eof():
-            if not self._messages:
-                return None  # the cut request is the one running: nothing else to answer
-            newest.set_exception(ConnectionResetError("the client closed before the whole body"))
+            if newest is self._started:
+                return None  # the cut request's handler has started: nothing else to answer
             self._cut = newest
         self._eof = True
         if not (self._request_in_progress or self._messages or self._upgraded):
@@ -77,11 +98,14 @@ class GatewayRequestHandler(RequestHandler):
     ) -> tuple[web.StreamResponse, bool]:
         result = await super().finish_response(request, resp, start_time)
         # after aiohttp's own finish, which parses what followed a declined Upgrade request
-        if self._eof and not self._messages:
-            if self._cut is not None and request.content is self._cut:
-                self.force_close()  # the answer is written; nothing of the cut body will come
-            else:
+        # (those requests never pass data_received)
+        if self._messages:
+            self._newest = self._messages[-1][1]
+        if self._eof:
+            if not self._messages:
                 self._close = True  # half-closed: this was the last complete request
+            elif self._newest is not None and not self._newest.is_eof():
+                self._cut = self._newest  # the FIN cut a request that followed the upgrade
         return result
 
     def handle_error(

@@ -119,6 +119,61 @@ async def test_requests_before_a_cut_one_are_answered(g: Gateway) -> None:
     assert await staging_files(g) == []
 
 
+@pytest.mark.parametrize(
+    "cut",
+    [
+        "DELETE /f",
+        "COPY /s|Destination: /copied",
+        "MKCOL /newdir",
+        "PUT /cut|Expect: 100-continue",
+        "PROPFIND /|Depth: 1",
+    ],
+)
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_a_cut_request_is_not_carried_out_even_if_it_would_not_read_its_body(
+    make_gateway: Any, cut: str, cancel: bool
+) -> None:
+    """A request whose body the FIN cut short is not carried out, whether or not its handler
+    would read the body (a tester found a cut DELETE deleting and a cut COPY copying, and a
+    100 Continue sent)."""
+    g: Gateway = await make_gateway(handler_cancellation=cancel)
+    (g.root / "f").write_bytes(b"f")
+    (g.root / "s").write_bytes(b"small\n")
+    line, _, extra = cut.partition("|")
+    extra = f"{extra}\r\n" if extra else ""
+    out = await send_then_fin(
+        g, head(g, "GET /s") + head(g, line, f"{extra}Content-Length: 100\r\n") + b"12345"
+    )
+    assert statuses(out) == [b"HTTP/1.1 200 OK"]
+    assert b"100 Continue" not in out
+    assert (g.root / "f").exists()
+    assert not (g.root / "copied").exists() and not (g.root / "newdir").exists()
+    assert not (g.root / "cut").exists()
+    assert await staging_files(g) == []
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_a_cut_put_after_a_declined_upgrade_closes_and_leaves_nothing(
+    make_gateway: Any, cancel: bool
+) -> None:
+    """The bytes after an Upgrade request are parsed only once it is answered: a PUT among
+    them cut short by the FIN hung its connection for good with its staging file open
+    (a tester's finding on the first version of the half-close fix)."""
+    g: Gateway = await make_gateway(handler_cancellation=cancel)
+    (g.root / "s").write_bytes(b"small\n")
+    fds = len(os.listdir("/proc/self/fd"))
+    up = "Upgrade: websocket\r\nConnection: upgrade\r\n"
+    for middle in (b"", head(g, "GET /s")):
+        out = await send_then_fin(  # returns only once the server closed (5 s at most)
+            g,
+            head(g, "GET /s", up) + middle + head(g, "PUT /pu", "Content-Length: 100\r\n") + b"x",
+        )
+        assert statuses(out) == [b"HTTP/1.1 200 OK"] * (2 if middle else 1)
+    assert not (g.root / "pu").exists()
+    assert await staging_files(g) == []
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
+
+
 async def test_a_request_after_a_declined_upgrade_is_answered(g: Gateway) -> None:
     """aiohttp parses what follows a request with ``Upgrade:`` only once that request is
     answered; the FIN must not close the connection before."""
