@@ -69,9 +69,10 @@ class GatewayRequestHandler(RequestHandler):
         """aiohttp closes at the client's FIN, losing answers to requests sent in full before
         it (``printf 'GET ...' | nc -N``, scripts ending with shutdown(SHUT_WR)). On plain HTTP
         keep the write side open while a request runs or waits, then close after the last.
-        A request whose body the FIN cut short cannot be answered: when its handler has
-        started, close now (it sees the connection lost, as before); otherwise the requests
-        before it are answered, it is not carried out, and the connection closes.
+        A request whose body the FIN cut short is not carried out if its handler has not
+        started: the requests before it are answered and the connection closes. If its
+        handler is running (it may act on the head alone, as without a FIN), its answer is
+        sent, a handler reading the body gets an error, and the connection closes.
         TLS: uvloop's TLS transport has no half-close."""
         transport = self.transport
         if (
@@ -83,9 +84,15 @@ class GatewayRequestHandler(RequestHandler):
             return None
         newest = self._newest
         if newest is not None and not newest.is_eof():
-            if newest is self._started:
-                return None  # the cut request's handler has started: nothing else to answer
-            self._cut = newest
+            if newest is not self._started:
+                self._cut = newest  # not started: it never will be
+            elif not self._request_in_progress:
+                return None  # answered, the rest of its body still awaited: close now
+            else:
+                # its handler is running and may have acted on the head alone (a DELETE
+                # with a body): its answer is sent, a handler reading the body gets an error,
+                # and the connection closes after it (finish_response)
+                newest.set_exception(ConnectionResetError("the client closed before the body"))
         self._eof = True
         if not (self._request_in_progress or self._messages or self._upgraded):
             # between requests (the one that ended was the last, or the one taken from the
@@ -102,7 +109,9 @@ class GatewayRequestHandler(RequestHandler):
         if self._messages:
             self._newest = self._messages[-1][1]
         if self._eof:
-            if not self._messages:
+            if not request.content.is_eof():
+                self.force_close()  # its body was cut: answered, nothing more will come
+            elif not self._messages:
                 self._close = True  # half-closed: this was the last complete request
             elif self._newest is not None and not self._newest.is_eof():
                 self._cut = self._newest  # the FIN cut a request that followed the upgrade

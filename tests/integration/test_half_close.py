@@ -153,6 +153,39 @@ async def test_a_cut_request_is_not_carried_out_even_if_it_would_not_read_its_bo
 
 
 @pytest.mark.parametrize("cancel", [False, True])
+async def test_a_running_request_whose_body_the_fin_cuts_is_answered(
+    make_gateway: Any, monkeypatch: pytest.MonkeyPatch, cancel: bool
+) -> None:
+    """A DELETE with a body acts on its head alone (as without a FIN); when the FIN comes
+    while it runs, its answer still reaches the client and the connection then closes (a
+    tester saw the file deleted and the answer lost in ~15 % of runs: the connection closed
+    at the FIN). The storage call is held on an event so the FIN surely comes mid-request."""
+    g: Gateway = await make_gateway(handler_cancellation=cancel)
+    (g.root / "f").write_bytes(b"f")
+    storage = g.client.server.lane.services.storage  # type: ignore[attr-defined]
+    real = storage.delete
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any, **kw: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(storage, "delete", held)
+    server = g.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head(g, "DELETE /f", "Content-Length: 100\r\n") + b"12345")
+    await asyncio.wait_for(entered.wait(), 5)
+    writer.write_eof()
+    await asyncio.sleep(0.1)  # the FIN is in
+    gate.set()
+    out = await asyncio.wait_for(reader.read(), 5)  # ends: the server closed
+    writer.close()
+    assert statuses(out) == [b"HTTP/1.1 204 No Content"]
+    assert not (g.root / "f").exists()
+
+
+@pytest.mark.parametrize("cancel", [False, True])
 async def test_a_cut_put_after_a_declined_upgrade_closes_and_leaves_nothing(
     make_gateway: Any, cancel: bool
 ) -> None:
