@@ -1,4 +1,5 @@
-"""aiohttp's connection handler with segate's answer to requests its HTTP parser rejects.
+"""aiohttp's connection handler with segate's answer to requests its HTTP parser rejects, to
+clients that half-close, and to clients that go away.
 
 aiohttp answers a request it cannot parse (bare-LF line endings, a header line over
 ``max_header_size``, bad framing) with a 400 whose body is the parser's message, which quotes
@@ -6,8 +7,14 @@ the raw request bytes, ``Authorization: Bearer ...`` included (field report B09)
 class has no hook for this, and ``web.Server`` builds ``RequestHandler`` directly, so
 :func:`install` re-classes the low-level server (``runner.server``, public) to build
 :class:`GatewayRequestHandler`, whose ``handle_error`` answers such requests with a generic
-one-line 400. Everything else is aiohttp's own behaviour. Works the same for the real server
-and the in-process test server, which both call it after ``runner.setup()``.
+one-line 400. The same class answers the requests a plain-HTTP client sent in full before
+its FIN (aiohttp closed at the FIN), never carries out one whose body the FIN cut short, and
+logs a client gone mid-request as one quiet line instead of aiohttp's traceback. It relies
+on RequestHandler's internal state (``_messages``, ``_waiter``, ``_close``, ``_upgraded``,
+``_request_in_progress``, ``_request_handler``); tests/integration/test_half_close.py pins
+the behaviour against the installed aiohttp. Everything else is aiohttp's own behaviour.
+Works the same for the real server and the in-process test server, which both call it after
+``runner.setup()``.
 """
 
 from __future__ import annotations
